@@ -1,0 +1,47 @@
+"""`liver-e2net` command line: each subcommand lives in liver_e2net.commands.<name> with register()."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import UserInputError
+
+COMMANDS = ("segment", "info", "benchmark")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liver-e2net", description="Liver and liver-tumor segmentation of CT (E2Net).")
+    parser.add_argument("--version", action="version", version=f"liver-e2net {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"liver_e2net.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (UserInputError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
+        _report_error(args, str(error))
+        return 2
+    except KeyboardInterrupt:
+        _report_error(args, "interrupted")
+        return 130
+
+
+def _report_error(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "progress", None) == "jsonl":
+        import json
+
+        print(json.dumps({"stage": "error", "fraction": 1.0, "message": message}), flush=True)
+    print(f"liver-e2net {args.command}: error: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Configs as frozen dataclasses with a JSON round trip; every checkpoint stores them."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+LABELS = {"background": 0, "liver": 1, "tumor": 2}
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """Res2Net: bottle2neck blocks, `scale` groups of `base_width` channels per group at the first stage."""
+
+    layers: tuple[int, ...] = (3, 4, 6, 3)
+    base_width: int = 26
+    scale: int = 4
+    stem_channels: int = 64  # the deep stem is three 3x3 convs: stem/2, stem/2, stem
+    planes: tuple[int, ...] = (64, 128, 256, 512)  # block outputs are planes * 4
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """One network: `r2unet` (single branch) or `e2net` (segmentation + edge branch + DCFF + fusion)."""
+
+    arch: Literal["r2unet", "e2net"] = "r2unet"
+    out_channels: int = 1
+    in_channels: int = 1
+    decoder_channels: int = 32
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Ablation switches for E2Net (paper Table 3): without DCFF the branches meet only at the fusion head.
+    dcff: bool = True
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    hu_window: tuple[float, float] = (-100.0, 240.0)
+    stage1_pixel_mm: float = 2.0  # stage 1 needs only a coarse liver, so slices are downsampled to this
+    stage2_size: int = 256  # liver crops are resized to stage2_size x stage2_size
+    box_margin_mm: float = 15.0  # margin added around the stage-1 liver box (in-plane)
+    box_margin_slices: int = 2  # extra slices above and below the stage-1 liver
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "lite"
+    stage1: NetworkConfig = field(default_factory=NetworkConfig)
+    stage2: NetworkConfig = field(default_factory=lambda: NetworkConfig(arch="e2net", out_channels=2))
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return _from_dict(cls, data)
+
+
+def _from_dict(cls, data: dict[str, Any]):
+    """Rebuild a (nested) frozen dataclass, refusing unknown keys so typos never pass silently."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = getattr(cls(), name)
+        if dataclasses.is_dataclass(default):
+            kwargs[name] = _from_dict(type(default), value)
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def paper_config() -> ModelConfig:
+    """As published: Res2Net-50 (26w x 4s) R2UNet in stage 1, E2Net in stage 2, 32-channel decoders."""
+    return ModelConfig(name="paper", preprocessing=PreprocessingConfig(stage1_pixel_mm=1.5))
+
+
+def lite_config() -> ModelConfig:
+    """Same code, a narrow and shallow Res2Net: fast enough for a laptop CPU."""
+    small = BackboneConfig(layers=(1, 1, 2, 1), base_width=6, scale=4, stem_channels=16, planes=(16, 32, 64, 128))
+    stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=small)
+    stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=16, backbone=small)
+    return ModelConfig(name="lite", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
+
+
+CONFIGS = {"paper": paper_config, "lite": lite_config}
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return CONFIGS[name]()
+    except KeyError:
+        raise ValueError(f"unknown model config {name!r}; choose one of {sorted(CONFIGS)}") from None

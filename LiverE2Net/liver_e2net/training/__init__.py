@@ -1,0 +1,1 @@
+"""Training: datasets, augmentation, synthetic tumors, losses, trainer."""
