@@ -79,7 +79,7 @@ def _from_dict(cls, data: dict[str, Any]):
 
 def paper_config() -> ModelConfig:
     """As published: Res2Net-50 (26w x 4s) R2UNet in stage 1, E2Net in stage 2, 32-channel decoders."""
-    return ModelConfig(name="paper", preprocessing=PreprocessingConfig(stage1_pixel_mm=1.5))
+    return ModelConfig(name="paper")
 
 
 def lite_config() -> ModelConfig:

@@ -1,0 +1,109 @@
+"""`liver-e2net benchmark`: seconds per case and per slice for each stage, peak memory, per config.
+
+Each config runs in its own child process so its peak memory (max RSS) is its own. Speed does not depend on
+the weights, so configs without a trained model run with random weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserInputError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("benchmark", help="time the two-stage pipeline on a CT for each config")
+    parser.add_argument("input", nargs="?", help="CT to time (default: the IRCAD CT ../shared/data/case01_ct.nii.gz "
+                                                 "if present, else the bundled sample)")
+    parser.add_argument("--configs", default="lite,paper", help="comma-separated: lite, paper (random weights)")
+    parser.add_argument("--model", help="time this checkpoint instead of random-weight configs")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up (median reported)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one config in this process
+    parser.set_defaults(func=run)
+
+
+def default_input() -> Path:
+    root = Path(__file__).resolve().parents[3]
+    for candidate in (root.parent / "shared" / "data" / "case01_ct.nii.gz",
+                      root / "Resources" / "SampleData" / "crlm1004_ct.nii.gz"):
+        if candidate.exists():
+            return candidate
+    raise UserInputError("no CT given and none of the default benchmark CTs found; pass a CT path")
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.input) if args.input else default_input()
+    if args.child:
+        print(json.dumps(time_one(path, args.child, args)))
+        return 0
+    targets = [args.model] if args.model else [c.strip() for c in args.configs.split(",") if c.strip()]
+    rows = []
+    for target in targets:
+        command = [sys.executable, "-m", "liver_e2net", "benchmark", str(path), "--child", target,
+                   "--device", args.device, "--repeats", str(args.repeats)]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise UserInputError(f"benchmark of {target} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print_table(path, rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+def time_one(path: Path, target: str, args: argparse.Namespace) -> dict:
+    import SimpleITK as sitk
+    import torch
+
+    from ..checkpoint import random_checkpoint
+    from ..config import CONFIGS, get_config
+    from ..io import read_ct
+    from ..pipeline import Segmenter
+
+    checkpoint = random_checkpoint(get_config(target)) if target in CONFIGS else target
+    segmenter = Segmenter(checkpoint, device=args.device, threads=args.threads)
+    ct = read_ct(path)
+    segmenter.segment(ct[:, :, : min(8, ct.GetSize()[2])])  # warm-up: allocator, kernels, cuDNN autotune
+    runs = []
+    for _ in range(max(1, args.repeats)):
+        if segmenter.device.type == "cuda":
+            torch.cuda.synchronize()
+        result = segmenter.segment(ct)
+        runs.append(result.seconds)
+    seconds = {key: statistics.median(run.get(key, 0.0) for run in runs) for key in ("total", "stage1", "stage2", "postprocess")}
+    size = ct.GetSize()
+    label = result.label
+    liver_slices = int((label.reshape(label.shape[0], -1) > 0).any(1).sum()) if label.any() else 0
+    return {
+        "model": target, "config": segmenter.config.name, "device": str(segmenter.device), "threads": segmenter.threads,
+        "precision": str(segmenter.autocast or torch.float32).replace("torch.", ""),
+        "ct": f"{size[0]}x{size[1]}x{size[2]}", "slices": size[2], "liver_slices_found": liver_slices,
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
+        "stage1_s_per_slice": round(seconds["stage1"] / size[2], 4),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
+        "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2) if torch.cuda.is_available() else None,
+        "date": time.strftime("%Y-%m-%d"), "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+    }
+
+
+def print_table(path: Path, rows: list[dict]) -> None:
+    print(f"CT: {path}")
+    header = f"{'model':<10}{'device':<8}{'thr':>4}{'prec':>9}{'total s':>9}{'stage1 s':>10}{'stage2 s':>10}{'post s':>8}{'s/slice1':>10}{'peak GB':>9}"
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        s = row["seconds"]
+        print(f"{Path(row['model']).stem[:9]:<10}{row['device']:<8}{row['threads']:>4}{row['precision']:>9}{s['total']:>9.2f}"
+              f"{s['stage1']:>10.2f}{s['stage2']:>10.2f}{s['postprocess']:>8.2f}{row['stage1_s_per_slice']:>10.4f}{row['peak_rss_gb']:>9.2f}")

@@ -1,0 +1,140 @@
+"""Two-stage inference: stage 1 (coarse liver, every slice) -> liver box -> stage 2 (E2Net on the box) -> label map.
+
+Everything geometric is undone: the label map comes back on the input's exact grid and orientation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .checkpoint import Checkpoint, default_model_path, load_checkpoint
+from .devices import autocast_dtype, configure_threads, resolve_device
+from .errors import UserInputError
+from .io import Volume
+from .models import segmentation_logits
+from .postprocessing import compose_label, largest_component
+from .preprocessing import Box, bounding_box, from_network_frame, normalize_hu, resize, stage1_size, to_network_frame
+from .progress import Reporter, null_reporter
+
+# Share of the progress bar each step takes (stage 2 runs the larger network on most slices).
+PROGRESS_SPAN = {"stage1": (0.05, 0.35), "stage2": (0.35, 0.9)}
+
+
+@dataclass
+class SegmentationResult:
+    label: np.ndarray  # [z, y, x] uint8 {0 background, 1 liver, 2 tumor} on the input grid
+    probabilities: np.ndarray | None  # [2, z, y, x] float32 liver / tumor probability on the input grid
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Segmenter:
+    """Holds both networks on a device; `segment` runs one CT. Reuse it across cases to load the model once."""
+
+    def __init__(self, checkpoint: Checkpoint | str | Path | None = None, device: str = "auto",
+                 threads: int | None = None, stage1_batch: int = 16, stage2_batch: int = 8):
+        if checkpoint is None:
+            checkpoint = default_model_path()
+            if checkpoint is None:
+                raise UserInputError("no model given and no bundled model found in Resources/Models; pass --model")
+        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.config = self.checkpoint.config
+        self.device = resolve_device(device)
+        self.threads = configure_threads(threads) if self.device.type == "cpu" else torch.get_num_threads()
+        self.stage1, self.stage2 = (n.to(memory_format=torch.channels_last) for n in self.checkpoint.build(self.device))
+        self.autocast = autocast_dtype(self.device)
+        self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
+
+    @torch.inference_mode()
+    def segment(self, image: sitk.Image, tumors: bool = True, probabilities: bool = False,
+                min_lesion_ml: float = 0.05, progress: Reporter = null_reporter) -> SegmentationResult:
+        seconds: dict[str, float] = {}
+        start = time.perf_counter()
+        volume, record = to_network_frame(image)
+        progress("stage1", PROGRESS_SPAN["stage1"][0], "coarse liver")
+        box = self._stage1(volume, progress)
+        seconds["stage1"] = time.perf_counter() - start
+        warnings = []
+        probability_map = np.zeros((2, *volume.array.shape), np.float32) if probabilities else None
+        if box is None:
+            warnings.append("no liver found in this CT: the liver segment is empty")
+            label = np.zeros(volume.array.shape, np.uint8)
+        else:
+            mark = time.perf_counter()
+            box_probabilities = self._stage2(volume, box, progress)  # (2, z, y, x) float32 on the box
+            seconds["stage2"] = time.perf_counter() - mark
+            mark = time.perf_counter()
+            progress("postprocess", 0.9, "cleaning up")
+            liver = np.zeros(volume.array.shape, bool)
+            liver[box.slices] = box_probabilities[0] > 0.5
+            tumor = None
+            if tumors:
+                tumor = np.zeros(volume.array.shape, bool)
+                tumor[box.slices] = box_probabilities[1] > 0.5
+            label = compose_label(liver, tumor, volume.voxel_ml, min_lesion_ml)
+            if not label.any():
+                warnings.append("no liver found in this CT: the liver segment is empty")
+            if probability_map is not None:
+                probability_map[(slice(None), *box.slices)] = box_probabilities
+            seconds["postprocess"] = time.perf_counter() - mark
+        label = from_network_frame(label, volume, record)
+        if probability_map is not None:
+            probability_map = np.stack([from_network_frame(p, volume, record) for p in probability_map])
+        seconds["total"] = time.perf_counter() - start
+        return SegmentationResult(label, probability_map, seconds, warnings)
+
+    def _run(self, network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+            return torch.sigmoid(segmentation_logits(network(batch)).float())
+
+    def _slices(self, array: np.ndarray, start: int, stop: int) -> torch.Tensor:
+        """HU slices -> normalised (B, 1, H, W) float on the device (the int16 copy is what crosses to the GPU)."""
+        batch = torch.from_numpy(np.ascontiguousarray(array[start:stop])).to(self.device, non_blocking=True)
+        return normalize_hu(batch, self.config.preprocessing.hu_window)[:, None]
+
+    def _stage1(self, volume: Volume, progress: Reporter) -> Box | None:
+        """Coarse liver at the stage-1 pixel size; its largest 3D component gives the liver box (native voxels)."""
+        prep = self.config.preprocessing
+        depth, height, width = volume.array.shape
+        spacing_yx = (volume.spacing[1], volume.spacing[0])
+        coarse_size = stage1_size((height, width), spacing_yx, prep.stage1_pixel_mm)
+        coarse = np.zeros((depth, *coarse_size), bool)
+        for start in range(0, depth, self.stage1_batch):
+            stop = min(depth, start + self.stage1_batch)
+            coarse[start:stop] = (self._run(self.stage1, resize(self._slices(volume.array, start, stop), coarse_size))[:, 0] > 0.5).cpu().numpy()
+            progress("stage1", _span("stage1", stop / depth), f"slice {stop}/{depth}")
+        if not coarse.any():
+            return None
+        coarse = largest_component(coarse)
+        scale_y, scale_x = height / coarse_size[0], width / coarse_size[1]
+        coarse_box = bounding_box(coarse, (0, 0), prep.box_margin_slices)
+        margin_y = int(round(prep.box_margin_mm / spacing_yx[0]))
+        margin_x = int(round(prep.box_margin_mm / spacing_yx[1]))
+        return Box(coarse_box.z0, coarse_box.z1,
+                   max(0, int(coarse_box.y0 * scale_y) - margin_y), min(height, int(np.ceil(coarse_box.y1 * scale_y)) + margin_y),
+                   max(0, int(coarse_box.x0 * scale_x) - margin_x), min(width, int(np.ceil(coarse_box.x1 * scale_x)) + margin_x))
+
+    def _stage2(self, volume: Volume, box: Box, progress: Reporter) -> np.ndarray:
+        """E2Net on every slice of the liver box resized to stage2_size; probabilities resized back to the box."""
+        size = self.config.preprocessing.stage2_size
+        crop = volume.array[box.slices]
+        box_shape = crop.shape[1:]
+        result = np.empty((2, *crop.shape), np.float32)
+        for start in range(0, crop.shape[0], self.stage2_batch):
+            stop = min(crop.shape[0], start + self.stage2_batch)
+            probabilities = self._run(self.stage2, resize(self._slices(crop, start, stop), (size, size)))
+            result[:, start:stop] = resize(probabilities, box_shape).transpose(0, 1).cpu().numpy()
+            progress("stage2", _span("stage2", stop / crop.shape[0]), f"slice {stop}/{crop.shape[0]}")
+        return result
+
+
+def _span(stage: str, fraction: float) -> float:
+    low, high = PROGRESS_SPAN[stage]
+    return low + (high - low) * fraction

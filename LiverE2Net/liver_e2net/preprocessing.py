@@ -1,0 +1,95 @@
+"""Geometry and intensity steps shared by inference and training, each recorded so it can be undone exactly.
+
+The network frame: the array reoriented so that [z, y, x] runs inferior->superior, anterior->posterior,
+right->left (LPS, radiological display), so every axial slice looks the way the network was trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .io import Volume
+
+NETWORK_ORIENTATION = "LPS"
+
+
+@dataclass(frozen=True)
+class OrientationRecord:
+    """What `to_network_frame` did: enough to put an array on the network frame back on the input grid."""
+
+    source_orientation: str  # e.g. "RAS", "LPS", "LSA"...
+    reference: sitk.Image  # the input image (geometry only is used)
+
+
+def to_network_frame(image: sitk.Image) -> tuple[Volume, OrientationRecord]:
+    orientation = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(image.GetDirection())
+    oriented = sitk.DICOMOrient(image, NETWORK_ORIENTATION) if orientation != NETWORK_ORIENTATION else image
+    return Volume.from_image(oriented), OrientationRecord(orientation, image)
+
+
+def from_network_frame(array: np.ndarray, volume: Volume, record: OrientationRecord) -> np.ndarray:
+    """An array on the network frame (same shape as volume.array) -> the same array on the input's grid."""
+    if record.source_orientation == NETWORK_ORIENTATION:
+        return array
+    restored = sitk.DICOMOrient(volume.to_image(array), record.source_orientation)
+    result = sitk.GetArrayFromImage(restored)
+    assert result.shape == sitk.GetArrayViewFromImage(record.reference).shape  # a permutation/flip cannot fail this
+    return result
+
+
+def normalize_hu(array: np.ndarray | torch.Tensor, window: tuple[float, float]):
+    """HU window -> [-1, 1] float32 (works on numpy arrays and tensors)."""
+    low, high = window
+    scale, offset = 2.0 / (high - low), -1.0 - 2.0 * low / (high - low)
+    if isinstance(array, torch.Tensor):
+        return (array.float().clamp(low, high) * scale + offset)
+    return (np.clip(array, low, high).astype(np.float32) * np.float32(scale) + np.float32(offset))
+
+
+def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, *size); antialiased when shrinking so thin structures are not aliased away."""
+    if tuple(batch.shape[-2:]) == tuple(size):
+        return batch
+    if mode == "nearest":
+        return F.interpolate(batch, size=size, mode="nearest")
+    shrinking = size[0] < batch.shape[-2] or size[1] < batch.shape[-1]
+    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def stage1_size(shape_yx: tuple[int, int], spacing_yx: tuple[float, float], pixel_mm: float, multiple: int = 32) -> tuple[int, int]:
+    """Slice size at the model's stage-1 pixel size, rounded up to the network stride."""
+    return tuple(max(multiple, int(np.ceil(n * s / pixel_mm / multiple)) * multiple) for n, s in zip(shape_yx, spacing_yx))
+
+
+@dataclass(frozen=True)
+class Box:
+    """A liver box on the network frame: slices z0:z1, rows y0:y1, columns x0:x1 (half-open)."""
+
+    z0: int
+    z1: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return slice(self.z0, self.z1), slice(self.y0, self.y1), slice(self.x0, self.x1)
+
+
+def bounding_box(mask: np.ndarray, margin_yx: tuple[int, int], margin_z: int) -> Box | None:
+    """Box of the True voxels of a [z, y, x] mask plus margins, clipped to the volume; None if the mask is empty."""
+    if not mask.any():
+        return None
+    ranges = []
+    for axis, margin in zip(range(3), (margin_z, *margin_yx)):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        ranges.append((max(0, present[0] - margin), min(mask.shape[axis], present[-1] + 1 + margin)))
+    (z0, z1), (y0, y1), (x0, x1) = ranges
+    return Box(int(z0), int(z1), int(y0), int(y1), int(x0), int(x1))

@@ -1,0 +1,370 @@
+"""Synthetic liver tumors after Hu et al., "Label-Free Liver Tumor Segmentation" (CVPR 2023).
+
+Why: only one case here has real tumors, so the tumor branch learns from tumors painted into
+healthy livers. Each tumor is an ellipsoid (random axes, random rotation) warped by a smooth random
+displacement field, filled with the local liver median plus a contrast (mostly hypodense) and a
+texture of upsampled Gaussian noise, blended into the CT through a Gaussian-blurred alpha mask, and
+optionally given a small mass effect that pushes the surrounding tissue outward.
+
+Conventions: arrays are indexed [z, y, x]; `spacing` is (x, y, z) in mm as SimpleITK's GetSpacing()
+returns it; labels are 0 background, 1 liver, 2 tumor (tumor inside the liver).
+
+Guarantees, for every synthetic tumor:
+* its voxels (set to label 2) were all liver (label 1), at least `liver_margin_mm` from the liver
+  border unless `allow_border`, and the tumor lies wholly inside the volume (in-plane only for slabs);
+* no real or earlier synthetic tumor (label 2) lies within `change_margin_mm` of it, and no vessel
+  (liver voxel brighter than the liver's `vessel_percentile` after light smoothing) within
+  `vessel_margin_mm`;
+* blur margin: the CT changes only on the voxels it labels plus liver (label 1) voxels within
+  `config.change_margin_mm` of them (the edge blur reaches `blur_margin_mm`, the mass effect
+  `mass_effect_extent_mm`); no other voxel of the CT or the label is touched.
+All filtering happens in a box around each tumor, never on the whole volume, so a call is cheap
+enough for a data loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from ..errors import UserInputError
+
+LIVER, TUMOR = 1, 2
+TUMOR_KINDS = ("hypodense", "hyperdense", "rim")
+_VESSEL_SMOOTH_MM = 1.0  # smoothing before the vessel threshold, so that CT noise is not taken for vessels
+_BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces the CT below this scale and keeps the scanner noise above it
+_PERCENTILE_SAMPLES = 200_000  # liver voxels used to estimate the vessel threshold
+
+
+@dataclass(frozen=True)
+class SyntheticTumorConfig:
+    """How synthetic tumors are drawn; every range is sampled uniformly per tumor.
+
+    Defaults follow Hu et al. (2023) and typical portal-venous CT: 1-3 tumors, size classes tiny
+    (3-5 mm), small (5-10), medium (10-25) and large (25-60) with weights favouring small/medium,
+    mostly hypodense (-80 to -20 HU relative to the liver), some hyperdense or rim-enhancing.
+    """
+
+    count_range: tuple[int, int] = (1, 3)
+    size_classes_mm: tuple[tuple[float, float], ...] = ((3.0, 5.0), (5.0, 10.0), (10.0, 25.0), (25.0, 60.0))
+    size_class_weights: tuple[float, ...] = (0.2, 0.35, 0.3, 0.15)
+    axis_ratio_range: tuple[float, float] = (0.75, 1.25)  # per-axis ratio before normalising the volume
+    warp_strength: float = 0.12  # elastic displacement, as a fraction of the radius (capped at 2x per axis)
+    warp_points: int = 5  # control points per axis of the displacement grid: lobulation scale
+    kind_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)  # hypodense, hyperdense, rim
+    hypodense_hu: tuple[float, float] = (-80.0, -20.0)
+    hyperdense_hu: tuple[float, float] = (15.0, 40.0)
+    rim_hu: tuple[float, float] = (15.0, 40.0)  # rim contrast of rim-enhancing tumors (core is hypodense)
+    rim_width_mm: float = 2.0
+    texture_std_hu: float = 6.0
+    texture_scale_mm: float = 4.0  # grain of the texture: spacing of the noise before upsampling
+    edge_blur_mm: float = 1.0  # Gaussian sigma of the soft edge (at most a sixth of the diameter)
+    mass_effect_probability: float = 0.5
+    mass_effect_max_mm: float = 2.0  # push at the tumor surface for a tumor of 30 mm or more
+    mass_effect_extent_mm: float = 6.0  # the push fades to zero at this distance from the tumor
+    liver_margin_mm: float = 3.0
+    allow_border: bool = False  # True: tumors may touch the liver border (still wholly inside the liver)
+    vessel_percentile: float = 95.0
+    vessel_margin_mm: float = 2.0
+    max_tries: int = 40  # random centres tried per size before the tumor is shrunk
+    shrink_factor: float = 0.8
+
+    def __post_init__(self) -> None:
+        low, high = self.count_range
+        if not 1 <= low <= high:
+            raise UserInputError(f"tumor count range {self.count_range} must satisfy 1 <= min <= max")
+        if len(self.size_classes_mm) != len(self.size_class_weights) or not self.size_classes_mm:
+            raise UserInputError("size_classes_mm and size_class_weights must be non-empty and of equal length")
+        if any(not 0 < lo <= hi for lo, hi in self.size_classes_mm):
+            raise UserInputError(f"tumor diameters {self.size_classes_mm} must be positive (min, max) pairs")
+        if not 0 < self.shrink_factor < 1:
+            raise UserInputError(f"shrink_factor {self.shrink_factor} must lie in (0, 1)")
+
+    @property
+    def min_diameter_mm(self) -> float:
+        return min(lo for lo, _ in self.size_classes_mm)
+
+    @property
+    def blur_margin_mm(self) -> float:
+        """The soft edge is a Gaussian truncated at two sigma."""
+        return 2.0 * self.edge_blur_mm
+
+    @property
+    def change_margin_mm(self) -> float:
+        """Farthest distance from a synthetic tumor voxel at which the CT may change."""
+        mass = self.mass_effect_extent_mm if self.mass_effect_probability > 0 else 0.0
+        return max(self.blur_margin_mm, mass)
+
+
+@dataclass(frozen=True)
+class TumorRecord:
+    """One inserted tumor: centre voxel (z, y, x), volume-equivalent diameter, contrast to the liver."""
+
+    centre: tuple[int, int, int]
+    diameter_mm: float
+    contrast_hu: float
+    kind: str
+    mass_effect_mm: float
+
+
+@dataclass(frozen=True)
+class _Appearance:
+    kind: str
+    contrast_hu: float
+    rim_hu: float
+    mass_effect_mm: float
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """A tumor drawn in its own box: `half` voxels either side of the centre voxel."""
+
+    half: np.ndarray
+    core: np.ndarray  # voxels that become label 2
+    alpha: np.ndarray  # blend weight of the tumor intensity
+    distance_mm: np.ndarray  # distance to the nearest core voxel
+    depth_mm: np.ndarray  # distance inside the core to its edge (rim profile)
+    offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray]  # broadcastable z, y, x offsets from the centre
+
+
+def insert_tumors(
+    ct: np.ndarray,
+    label: np.ndarray,
+    spacing: tuple[float, float, float],
+    rng: np.random.Generator,
+    config: SyntheticTumorConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[TumorRecord]]:
+    """Return copies of `ct` and `label` [z,y,x] with 1..N synthetic tumors (label 2), and their records."""
+    return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=False)
+
+
+def insert_tumors_slab(
+    ct: np.ndarray,
+    label: np.ndarray,
+    spacing: tuple[float, float, float],
+    rng: np.random.Generator,
+    config: SyntheticTumorConfig | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[TumorRecord]]:
+    """As insert_tumors, for a 2.5D stack of K slices: tumors may run through its top and bottom faces.
+
+    A slab is a window of a longer volume, so a tumor centred in it may continue above or below it;
+    only the in-plane extent must fit, and the liver size is checked in-plane only.
+    """
+    return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=True)
+
+
+def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool):
+    spacing_zyx = _check_inputs(ct, label, spacing)
+    liver_flat = np.flatnonzero(label.reshape(-1) == LIVER)
+    _check_liver_size(label, liver_flat, spacing_zyx, config, open_z)
+    vessel_threshold = _vessel_threshold(ct, liver_flat, config.vessel_percentile)
+    out_ct, out_label = ct.copy(), label.copy()
+    records = []
+    for _ in range(int(rng.integers(config.count_range[0], config.count_range[1] + 1))):
+        appearance = _draw_appearance(rng, config)
+        diameter = _draw_diameter(rng, config)
+        while diameter >= config.min_diameter_mm:
+            shape = _tumor_shape(diameter, spacing_zyx, rng, config)
+            centre = _find_centre(shape, out_ct, out_label, liver_flat, vessel_threshold, spacing_zyx, rng, config, open_z)
+            if centre is not None:
+                _paint(out_ct, out_label, shape, centre, appearance, spacing_zyx, rng, config)
+                records.append(
+                    TumorRecord(centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, appearance.mass_effect_mm)
+                )
+                break
+            diameter *= config.shrink_factor
+    if not records:
+        raise UserInputError(
+            f"could not place any synthetic tumor of {config.min_diameter_mm:g} mm or more: the liver is too "
+            f"crowded by tumors, vessels or its border (liver margin {config.liver_margin_mm:g} mm)"
+        )
+    return out_ct, out_label, records
+
+
+def _check_inputs(ct: np.ndarray, label: np.ndarray, spacing) -> np.ndarray:
+    """Fail early, naming the offending value, and turn (x, y, z) spacing into array (z, y, x) order."""
+    if ct.shape != label.shape:
+        raise UserInputError(f"CT shape {ct.shape} and label shape {label.shape} (z, y, x) differ: they must match")
+    if ct.ndim != 3:
+        raise UserInputError(f"expected 3D arrays [z, y, x], got shape {ct.shape}")
+    if len(spacing) != 3 or min(spacing) <= 0:
+        raise UserInputError(f"spacing {tuple(spacing)} must be three positive (x, y, z) values in mm")
+    return np.asarray(spacing, dtype=float)[::-1]
+
+
+def _check_liver_size(label, liver_flat, spacing_zyx, config: SyntheticTumorConfig, open_z: bool) -> None:
+    """The smallest configured tumor plus its liver margin must fit in the liver's bounding box."""
+    if liver_flat.size == 0:
+        message = "the label has no liver voxels (label 1)"
+        if np.any(label == TUMOR):
+            message += " outside tumors"
+        raise UserInputError(message + ": synthetic tumors need a liver mask")
+    coords = np.unravel_index(liver_flat, label.shape)
+    extent_zyx = np.array([(c.max() - c.min() + 1) for c in coords]) * spacing_zyx
+    margin = 0.0 if config.allow_border else config.liver_margin_mm
+    needed = config.min_diameter_mm + 2 * margin
+    checked = extent_zyx[1:] if open_z else extent_zyx
+    if np.any(checked < needed):
+        ez, ey, ex = extent_zyx
+        raise UserInputError(
+            f"liver too small for a {config.min_diameter_mm:g} mm tumor with a {margin:g} mm border margin "
+            f"(needs {needed:g} mm): liver extent is {ex:.1f} x {ey:.1f} x {ez:.1f} mm (x, y, z)"
+        )
+
+
+def _vessel_threshold(ct: np.ndarray, liver_flat: np.ndarray, percentile: float) -> float:
+    """Contrast-filled vessels are the brightest liver voxels; a strided sample keeps this cheap."""
+    step = max(1, liver_flat.size // _PERCENTILE_SAMPLES)
+    return float(np.percentile(ct.reshape(-1)[liver_flat[::step]], percentile))
+
+
+def _draw_diameter(rng: np.random.Generator, config: SyntheticTumorConfig) -> float:
+    weights = np.asarray(config.size_class_weights, dtype=float)
+    low, high = config.size_classes_mm[int(rng.choice(len(weights), p=weights / weights.sum()))]
+    return float(rng.uniform(low, high))
+
+
+def _draw_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> _Appearance:
+    weights = np.asarray(config.kind_weights, dtype=float)
+    kind = TUMOR_KINDS[int(rng.choice(len(TUMOR_KINDS), p=weights / weights.sum()))]
+    contrast = rng.uniform(*(config.hyperdense_hu if kind == "hyperdense" else config.hypodense_hu))
+    rim = rng.uniform(*config.rim_hu) if kind == "rim" else contrast
+    push = rng.uniform(0.5, 1.0) * config.mass_effect_max_mm if rng.random() < config.mass_effect_probability else 0.0
+    return _Appearance(kind, round(float(contrast), 2), float(rim), round(float(push), 2))
+
+
+def _tumor_shape(diameter_mm: float, spacing_zyx: np.ndarray, rng: np.random.Generator, config) -> _Shape:
+    """Warped, rotated ellipsoid of volume-equivalent `diameter_mm`, with its soft edge and distance maps."""
+    ratios = rng.uniform(*config.axis_ratio_range, size=3)
+    axes_mm = diameter_mm / 2 * ratios / np.cbrt(np.prod(ratios))
+    rotation = Rotation.from_quat(rng.standard_normal(4)).as_matrix()
+    reach_mm = axes_mm.max() * (1 + np.sqrt(3) * config.warp_strength)
+    pad_mm = max(config.change_margin_mm, config.liver_margin_mm, config.vessel_margin_mm)
+    half = np.ceil((reach_mm + pad_mm) / spacing_zyx).astype(int) + 1
+    offsets = tuple(
+        (np.arange(-h, h + 1) * s).reshape([-1 if a == axis else 1 for a in range(3)])
+        for axis, (h, s) in enumerate(zip(half, spacing_zyx, strict=True))
+    )
+    box = tuple(2 * half + 1)
+    squared = np.zeros(box, dtype=np.float32)
+    for row, axis_mm in zip(rotation, axes_mm, strict=True):
+        warp = np.clip(config.warp_strength * _smooth_noise(box, (config.warp_points,) * 3, rng), -2, 2)
+        squared += ((row[0] * offsets[0] + row[1] * offsets[1] + row[2] * offsets[2]) / axis_mm + warp) ** 2
+    sigma_mm = min(config.edge_blur_mm, diameter_mm / 6)
+    alpha = ndimage.gaussian_filter((squared <= 1).astype(np.float32), sigma_mm / spacing_zyx, truncate=2.0)
+    core = alpha >= 0.5
+    distance = ndimage.distance_transform_edt(~core, sampling=spacing_zyx).astype(np.float32)
+    depth = ndimage.distance_transform_edt(core, sampling=spacing_zyx).astype(np.float32)
+    alpha[distance > config.blur_margin_mm] = 0
+    return _Shape(half, core, alpha, distance, depth, offsets)
+
+
+def _smooth_noise(shape: tuple[int, ...], coarse_shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise on a coarse grid, cubic-spline upsampled to `shape`: smooth, random, unit scale."""
+    field = rng.standard_normal(coarse_shape)
+    for axis, size in enumerate(shape):
+        # A 3D spline zoom is the product of 1D zooms; applying them axis by axis is ~50x faster.
+        weights = ndimage.zoom(np.eye(field.shape[axis]), (size / field.shape[axis], 1), order=3)
+        field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
+    return field.astype(np.float32)
+
+
+def _box_slices(centre, half, volume_shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices of the volume and of the tumor box for their overlap (the box may cross the volume edge)."""
+    lows = [c - h for c, h in zip(centre, half, strict=True)]
+    volume, local = [], []
+    for low, h, size in zip(lows, half, volume_shape, strict=True):
+        start, stop = max(low, 0), min(low + 2 * h + 1, size)
+        volume.append(slice(start, stop))
+        local.append(slice(start - low, stop - low))
+    return tuple(volume), tuple(local)
+
+
+def _fits_volume(shape: _Shape, centre, volume_shape, open_z: bool) -> bool:
+    """The whole core must lie inside the volume (a slab may cut it at its top and bottom faces)."""
+    for axis, positions in enumerate(np.nonzero(np.any(shape.core, axis=other)) for other in ((1, 2), (0, 2), (0, 1))):
+        if open_z and axis == 0:
+            continue
+        low = centre[axis] - shape.half[axis]
+        if low + positions[0].min() < 0 or low + positions[0].max() >= volume_shape[axis]:
+            return False
+    return True
+
+
+def _find_centre(shape: _Shape, ct, label, liver_flat, vessel_threshold, spacing_zyx, rng, config, open_z):
+    """Try random liver voxels as centre; return the first where every placement rule holds."""
+    for _ in range(config.max_tries):
+        centre = tuple(int(c) for c in np.unravel_index(liver_flat[rng.integers(liver_flat.size)], label.shape))
+        if not _fits_volume(shape, centre, label.shape, open_z):
+            continue
+        volume, local = _box_slices(centre, shape.half, label.shape)
+        if _allowed(shape, local, ct[volume], label[volume], vessel_threshold, spacing_zyx, config):
+            return centre
+    return None
+
+
+def _allowed(shape: _Shape, local, ct_box, label_box, vessel_threshold, spacing_zyx, config) -> bool:
+    """Placement rules: inside the liver (with margin), clear of tumors and of vessels."""
+    core, distance = shape.core[local], shape.distance_mm[local]
+    if np.any(label_box[core] != LIVER):
+        return False
+    if not config.allow_border and np.any(label_box[distance <= config.liver_margin_mm] == 0):
+        return False
+    if np.any(label_box[distance <= config.change_margin_mm] == TUMOR):
+        return False
+    smooth = ndimage.gaussian_filter(ct_box.astype(np.float32), _VESSEL_SMOOTH_MM / spacing_zyx, truncate=2.0)
+    near = distance <= config.vessel_margin_mm
+    return not np.any((smooth[near] > vessel_threshold) & (label_box[near] == LIVER))
+
+
+def _paint(ct, label, shape: _Shape, centre, appearance: _Appearance, spacing_zyx, rng, config) -> None:
+    """Blend the tumor into ct and label in place, inside its box and on liver voxels only."""
+    volume, local = _box_slices(centre, shape.half, label.shape)
+    label_box = label[volume]
+    liver = label_box == LIVER
+    core, alpha, distance = shape.core[local], shape.alpha[local], shape.distance_mm[local]
+    original = ct[volume].astype(np.float32)
+    liver_median = float(np.median(original[liver & ~core]))
+    pushed = _mass_effect(original, shape, local, appearance.mass_effect_mm, spacing_zyx, config)
+    background = ndimage.gaussian_filter(pushed, _BACKGROUND_SMOOTH_MM / spacing_zyx, truncate=2.0)
+    texture_cells = tuple(int(np.ceil(n * s / config.texture_scale_mm)) + 2 for n, s in zip(core.shape, spacing_zyx, strict=True))
+    texture = config.texture_std_hu * _unit_std(_smooth_noise(core.shape, texture_cells, rng))
+    rim = np.exp(-((shape.depth_mm[local] / config.rim_width_mm) ** 2))
+    contrast = appearance.contrast_hu + (appearance.rim_hu - appearance.contrast_hu) * rim
+    tumor = pushed + alpha * (liver_median + contrast + texture - background)
+    changed = liver & (alpha > 0) | liver & (distance < config.mass_effect_extent_mm) & (appearance.mass_effect_mm > 0)
+    ct[volume] = np.where(changed, _to_dtype(tumor, ct.dtype), ct[volume])
+    label_box[core] = TUMOR
+
+
+def _mass_effect(ct_box: np.ndarray, shape: _Shape, local, push_mm: float, spacing_zyx, config) -> np.ndarray:
+    """Push tissue radially away from the tumor by up to `push_mm`, fading out at the extent margin."""
+    if push_mm <= 0:
+        return ct_box
+    distance = shape.distance_mm[local]
+    fade = 0.5 * (1 + np.cos(np.pi * np.minimum(distance / config.mass_effect_extent_mm, 1.0)))
+    offsets = [np.broadcast_to(o, shape.core.shape)[local] for o in shape.offsets_mm]
+    radius = np.sqrt(sum(o**2 for o in offsets)) + 1e-6
+    scale = push_mm * fade * min(1.0, _equivalent_diameter_mm(shape, spacing_zyx) / 30.0) / radius
+    grid = np.indices(ct_box.shape, dtype=np.float32)
+    source = [g - scale * o / s for g, o, s in zip(grid, offsets, spacing_zyx, strict=True)]
+    return ndimage.map_coordinates(ct_box, source, order=1, mode="nearest")
+
+
+def _equivalent_diameter_mm(shape: _Shape, spacing_zyx) -> float:
+    return float(np.cbrt(6 / np.pi * shape.core.sum() * np.prod(spacing_zyx)))
+
+
+def _unit_std(field: np.ndarray) -> np.ndarray:
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip to integer CT types so that blending never wraps around."""
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)
