@@ -14,14 +14,16 @@ from .postprocessing import remove_small_components
 from .segments import SEGMENTS
 
 
-def surface_mesh(mask: np.ndarray, reference: sitk.Image, smoothing_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """Mask [z, y, x] -> (vertices (N, 3) in LPS mm, faces (M, 3)), outward normals, watertight.
+def surface_mesh(mask: np.ndarray, reference: sitk.Image, smoothing_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mask [z, y, x] -> (vertices (N, 3) in LPS mm, faces (M, 3)), outward normals, watertight; None if empty.
 
     Islands under 10 voxels are dropped first: single-voxel specks make smoothed surfaces non-manifold.
     The mask is padded by empty voxels so every surface closes, and smoothed with a Gaussian of
     `smoothing_mm` before the 0.5 iso-surface is taken.
     """
     mask = remove_small_components(mask, 10)
+    if not mask.any():
+        return None
     spacing = np.asarray(reference.GetSpacing())  # (x, y, z)
     zyx = np.argwhere(mask)
     low, high = zyx.min(0), zyx.max(0) + 1
@@ -33,8 +35,8 @@ def surface_mesh(mask: np.ndarray, reference: sitk.Image, smoothing_mm: float = 
     ijk = (vertices_zyx + low - pad)[:, ::-1]  # voxel index (i, j, k) = (x, y, z)
     direction = np.asarray(reference.GetDirection()).reshape(3, 3)
     vertices = ijk * spacing @ direction.T + np.asarray(reference.GetOrigin())
-    if np.linalg.det(direction) > 0:
-        # marching_cubes winds faces for the (z, y, x) index order, a reflection of (i, j, k).
+    if np.linalg.det(direction) < 0:
+        # A left-handed direction matrix mirrors the mesh, which turns its faces inside out.
         faces = faces[:, ::-1]
     return vertices, faces
 
@@ -60,8 +62,9 @@ def export_segment_surfaces(label: np.ndarray, reference: sitk.Image, folder: st
     written = []
     for segment in SEGMENTS:
         mask = label >= segment.label if segment.label == 1 else label == segment.label
-        if not mask.any():
+        mesh = surface_mesh(mask, reference, smoothing_mm)
+        if mesh is None:
             continue
-        vertices, faces = surface_mesh(mask, reference, smoothing_mm)
+        vertices, faces = mesh
         written.append(write_stl(Path(folder) / f"{segment.name.replace(' ', '_')}_LPS.stl", vertices, faces, segment.name))
     return written

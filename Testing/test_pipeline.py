@@ -1,0 +1,82 @@
+"""The two-stage pipeline end to end on real CT with small random (biased) networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from core_helpers import SAMPLE_CT, biased_checkpoint, shared_case
+
+from liver_e2net.io import read_ct
+from liver_e2net.pipeline import Segmenter
+from liver_e2net.postprocessing import compose_label
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return Segmenter(biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def sample_ct() -> sitk.Image:
+    return read_ct(SAMPLE_CT)[:, :, 20:36]  # 16 slices through the liver keep the test fast
+
+
+def test_label_map_on_input_grid(segmenter: Segmenter, sample_ct: sitk.Image) -> None:
+    result = segmenter.segment(sample_ct, probabilities=True)
+    assert result.label.shape == sitk.GetArrayViewFromImage(sample_ct).shape
+    assert result.label.dtype == np.uint8
+    assert set(np.unique(result.label)) <= {0, 1, 2}
+    assert (result.label >= 1).any()
+    assert result.probabilities.shape == (2, *result.label.shape)
+    assert 0.0 <= result.probabilities.min() and result.probabilities.max() <= 1.0
+    assert set(result.seconds) == {"stage1", "stage2", "postprocess", "total"}
+
+
+@pytest.mark.parametrize("axes,flips", [((0, 1, 2), (True, False, False)), ((1, 0, 2), (False, True, False)),
+                                        ((2, 0, 1), (False, False, True))])
+def test_reoriented_input_gives_the_same_answer(segmenter, sample_ct, axes, flips) -> None:
+    """The same CT stored flipped / permuted on disk must give the same segmentation, mapped back."""
+    reference = segmenter.segment(sample_ct).label
+    moved = sitk.Flip(sitk.PermuteAxes(sample_ct, axes), flips)
+    result = segmenter.segment(moved).label
+    back = sitk.GetArrayFromImage(sitk.Resample(_with_array(moved, result), sample_ct, sitk.Transform(), sitk.sitkNearestNeighbor))
+    assert result.shape == sitk.GetArrayViewFromImage(moved).shape
+    assert np.array_equal(back, reference)
+
+
+def _with_array(reference: sitk.Image, array: np.ndarray) -> sitk.Image:
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+def test_real_ircad_ct_tumors_inside_liver(segmenter: Segmenter) -> None:
+    ct = read_ct(shared_case("case01_ct.nii.gz"))
+    label = segmenter.segment(ct[:, :, 50:62]).label
+    assert label.shape == (12, 512, 512)
+    assert set(np.unique(label)) <= {0, 1, 2}
+    tumor = label == 2
+    assert tumor.any()
+    assert (label[tumor] >= 1).all()
+
+
+def test_ct_without_liver_returns_empty_label_and_says_so(sample_ct: sitk.Image) -> None:
+    segmenter = Segmenter(biased_checkpoint(liver_bias=-20.0), device="cpu")
+    result = segmenter.segment(sample_ct)
+    assert not result.label.any()
+    assert any("no liver" in warning for warning in result.warnings)
+
+
+def test_compose_label_keeps_largest_liver_fills_holes_and_bounds_tumor() -> None:
+    liver = np.zeros((5, 20, 20), bool)
+    liver[1:4, 2:12, 2:12] = True
+    liver[2, 6, 6] = False  # a hole
+    liver[1:3, 16:18, 16:18] = True  # a stray island
+    tumor = np.zeros_like(liver)
+    tumor[2, 4:6, 4:6] = True  # inside
+    tumor[0, 0, 0] = True  # outside the liver: must go
+    label = compose_label(liver, tumor, voxel_ml=0.001)
+    assert label[2, 6, 6] == 1
+    assert not label[1:3, 16:18, 16:18].any()
+    assert (label == 2).sum() == 4 and label[0, 0, 0] == 0
