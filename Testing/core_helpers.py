@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from liver_e2net.checkpoint import Checkpoint, random_checkpoint
 from liver_e2net.config import lite_config
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from liver_e2net.checkpoint import FORMAT_VERSION, load_checkpoint, random_checkpoint, save_checkpoint
 from liver_e2net.config import lite_config
 from liver_e2net.errors import UserInputError

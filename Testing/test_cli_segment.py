@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from core_helpers import REPO, SAMPLE_CT, biased_checkpoint
-
 from liver_e2net.checkpoint import save_checkpoint
 from liver_e2net.cli import main
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory) -> Path:
-    return save_checkpoint(biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path_factory.mktemp("m") / "m.pt")
+    return save_checkpoint(
+        biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path_factory.mktemp("m") / "m.pt"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +32,27 @@ def small_ct(tmp_path_factory) -> Path:
 
 def test_segment_writes_seg_nrrd_stl_report_and_jsonl_progress(tmp_path, model, small_ct) -> None:
     out = tmp_path / "result.seg.nrrd"
-    command = [sys.executable, "-m", "liver_e2net", "segment", str(small_ct), "-o", str(out), "--model", str(model),
-               "--device", "cpu", "--stl", str(tmp_path / "stl"), "--report", str(tmp_path / "r.json"),
-               "--probabilities", str(tmp_path / "p.nrrd"), "--progress", "jsonl"]
+    command = [
+        sys.executable,
+        "-m",
+        "liver_e2net",
+        "segment",
+        str(small_ct),
+        "-o",
+        str(out),
+        "--model",
+        str(model),
+        "--device",
+        "cpu",
+        "--stl",
+        str(tmp_path / "stl"),
+        "--report",
+        str(tmp_path / "r.json"),
+        "--probabilities",
+        str(tmp_path / "p.nrrd"),
+        "--progress",
+        "jsonl",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     lines = [json.loads(line) for line in done.stdout.splitlines()]
@@ -43,7 +62,9 @@ def test_segment_writes_seg_nrrd_stl_report_and_jsonl_progress(tmp_path, model, 
     label = sitk.ReadImage(str(out))
     ct = sitk.ReadImage(str(small_ct))
     assert label.GetSize() == ct.GetSize() and label.GetSpacing() == ct.GetSpacing()
-    assert label.GetMetaData("Segment0_Name") == "Liver" and label.GetMetaData("Segment1_Name") == "Liver tumor"
+    assert (
+        label.GetMetaData("Segment0_Name") == "Liver" and label.GetMetaData("Segment1_Name") == "Liver tumor"
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     liver_voxels = int((sitk.GetArrayFromImage(label) >= 1).sum())
     assert report["liver_ml"] == pytest.approx(liver_voxels * np.prod(ct.GetSpacing()) / 1000, rel=1e-3)
@@ -69,9 +90,17 @@ def _run_main(capsys, *args) -> tuple[int, str]:
 BAD_CT = {
     "2d": (lambda: np.full((64, 64), -1000, np.int16), False, "2D image"),
     "rgb": (lambda: np.zeros((4, 32, 32, 3), np.uint8), True, "components per voxel"),
-    "mri": (lambda: np.random.default_rng(0).integers(0, 4000, (8, 32, 32)).astype(np.int16), False, "does not look like CT"),
+    "mri": (
+        lambda: np.random.default_rng(0).integers(0, 4000, (8, 32, 32)).astype(np.int16),
+        False,
+        "does not look like CT",
+    ),
     "constant": (lambda: np.full((8, 32, 32), -1000, np.int16), False, "constant"),
-    "absurd": (lambda: np.full((8, 32, 32), 60000, np.float32) - np.eye(32, dtype=np.float32)[None] * 70000, False, "outside any CT"),
+    "absurd": (
+        lambda: np.full((8, 32, 32), 60000, np.float32) - np.eye(32, dtype=np.float32)[None] * 70000,
+        False,
+        "outside any CT",
+    ),
 }
 
 
@@ -127,8 +156,20 @@ def test_unavailable_cuda_device(tmp_path, capsys, model, small_ct) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    code = main(["segment", str(small_ct), "-o", str(tmp_path / "o.nii.gz"), "--model", str(model), "--device", "cuda",
-                 "--progress", "none"])
+    code = main(
+        [
+            "segment",
+            str(small_ct),
+            "-o",
+            str(tmp_path / "o.nii.gz"),
+            "--model",
+            str(model),
+            "--device",
+            "cuda",
+            "--progress",
+            "none",
+        ]
+    )
     assert code == 2 and "CUDA is not available" in capsys.readouterr().err
 
 

@@ -23,7 +23,8 @@ def test_no_gui_imports_in_source() -> None:
 def test_importing_every_module_loads_no_gui_package() -> None:
     modules = sorted(
         "liver_e2net." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
-        for p in PACKAGE.rglob("*.py") if p.name not in ("__main__.py",)
+        for p in PACKAGE.rglob("*.py")
+        if p.name not in ("__main__.py",)
     )
     code = (
         "import importlib, sys\n"

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import torch
-
 from liver_e2net.config import BackboneConfig, ModelConfig, NetworkConfig, lite_config, paper_config
 from liver_e2net.models import E2NetOutput, Res2Net, build_network
 
@@ -56,7 +55,9 @@ def test_edge_branch_changes_fused_output_only_through_dcff() -> None:
 
 
 def test_r2unet_baseline_has_no_edge_branch() -> None:
-    network = build_network(NetworkConfig(arch="r2unet", out_channels=2, backbone=lite_config().stage1.backbone))
+    network = build_network(
+        NetworkConfig(arch="r2unet", out_channels=2, backbone=lite_config().stage1.backbone)
+    )
     assert not hasattr(network, "edge_branch")
 
 

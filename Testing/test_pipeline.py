@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from core_helpers import SAMPLE_CT, biased_checkpoint, shared_case
-
+from liver_e2net.errors import UserInputError
 from liver_e2net.io import read_ct
-from liver_e2net.pipeline import Segmenter
+from liver_e2net.pipeline import Segmenter, TestTimeAugmentation
 from liver_e2net.postprocessing import compose_label
 
 
@@ -33,14 +33,18 @@ def test_label_map_on_input_grid(segmenter: Segmenter, sample_ct: sitk.Image) ->
     assert set(result.seconds) == {"stage1", "stage2", "postprocess", "total"}
 
 
-@pytest.mark.parametrize("axes,flips", [((0, 1, 2), (True, False, False)), ((1, 0, 2), (False, True, False)),
-                                        ((2, 0, 1), (False, False, True))])
+@pytest.mark.parametrize(
+    "axes,flips",
+    [((0, 1, 2), (True, False, False)), ((1, 0, 2), (False, True, False)), ((2, 0, 1), (False, False, True))],
+)
 def test_reoriented_input_gives_the_same_answer(segmenter, sample_ct, axes, flips) -> None:
     """The same CT stored flipped / permuted on disk must give the same segmentation, mapped back."""
     reference = segmenter.segment(sample_ct).label
     moved = sitk.Flip(sitk.PermuteAxes(sample_ct, axes), flips)
     result = segmenter.segment(moved).label
-    back = sitk.GetArrayFromImage(sitk.Resample(_with_array(moved, result), sample_ct, sitk.Transform(), sitk.sitkNearestNeighbor))
+    back = sitk.GetArrayFromImage(
+        sitk.Resample(_with_array(moved, result), sample_ct, sitk.Transform(), sitk.sitkNearestNeighbor)
+    )
     assert result.shape == sitk.GetArrayViewFromImage(moved).shape
     assert np.array_equal(back, reference)
 
@@ -80,3 +84,25 @@ def test_compose_label_keeps_largest_liver_fills_holes_and_bounds_tumor() -> Non
     assert label[2, 6, 6] == 1
     assert not label[1:3, 16:18, 16:18].any()
     assert (label == 2).sum() == 4 and label[0, 0, 0] == 0
+
+
+def test_test_time_fusion_stays_a_probability_and_changes_the_answer(sample_ct: sitk.Image) -> None:
+    checkpoint = biased_checkpoint(liver_bias=0.5, tumor_bias=0.3)
+    plain = Segmenter(checkpoint, device="cpu").segment(sample_ct, probabilities=True).probabilities
+    fused = (
+        Segmenter(checkpoint, device="cpu", tta=TestTimeAugmentation.from_mode("flip+multiscale"))
+        .segment(sample_ct, probabilities=True)
+        .probabilities
+    )
+    assert fused.shape == plain.shape
+    assert 0.0 <= fused.min() and fused.max() <= 1.0
+    assert not np.allclose(fused, plain)
+
+
+def test_tta_scales_below_the_network_stride_are_refused() -> None:
+    with pytest.raises(UserInputError, match="smaller than the network stride"):
+        Segmenter(
+            biased_checkpoint(), device="cpu", tta=TestTimeAugmentation.from_mode("multiscale", (0.05, 1.0))
+        )
+    with pytest.raises(UserInputError, match="unknown --tta"):
+        TestTimeAugmentation.from_mode("mirror")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from liver_e2net.surfaces import export_segment_surfaces
 
 vtk = pytest.importorskip("vtk")
@@ -31,7 +30,9 @@ def open_edges(polydata) -> int:
     return edges.GetOutput().GetNumberOfCells()
 
 
-@pytest.mark.parametrize("direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, 1)])
+@pytest.mark.parametrize(
+    "direction", [(1, 0, 0, 0, 1, 0, 0, 0, 1), (-1, 0, 0, 0, -1, 0, 0, 0, 1), (-1, 0, 0, 0, 1, 0, 0, 0, 1)]
+)
 def test_sphere_surface_is_closed_outward_and_in_mm(tmp_path, direction) -> None:
     zz, yy, xx = np.mgrid[:30, :40, :40]
     spacing = (0.8, 0.8, 2.0)
@@ -61,7 +62,9 @@ def test_sphere_surface_is_closed_outward_and_in_mm(tmp_path, direction) -> None
     normals.ConsistencyOff()
     normals.Update()
     cells = normals.GetOutput()
-    cell_normals = np.array([cells.GetCellData().GetNormals().GetTuple3(i) for i in range(cells.GetNumberOfCells())])
+    cell_normals = np.array(
+        [cells.GetCellData().GetNormals().GetTuple3(i) for i in range(cells.GetNumberOfCells())]
+    )
     centers = vtk.vtkCellCenters()
     centers.SetInputData(cells)
     centers.Update()

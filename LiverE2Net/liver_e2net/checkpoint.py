@@ -60,7 +60,10 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False
     path = Path(path)
 
     def pack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous() for k, v in state.items()}
+        return {
+            k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous()
+            for k, v in state.items()
+        }
 
     payload = {
         "format_version": FORMAT_VERSION,
@@ -74,7 +77,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        raise UserInputError(f"cannot write the checkpoint {path}: {error.strerror}; choose a writable folder") from error
+        raise UserInputError(
+            f"cannot write the checkpoint {path}: {error.strerror}; choose a writable folder"
+        ) from error
     try:
         with os.fdopen(handle, "wb") as stream:
             torch.save(payload, stream)
@@ -92,22 +97,32 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for truncated / foreign files
-        raise UserInputError(f"{path} is not a readable Liver E2Net checkpoint ({type(error).__name__}: {error}); "
-                             "re-download or re-train the model") from error
+        raise UserInputError(
+            f"{path} is not a readable Liver E2Net checkpoint ({type(error).__name__}: {error}); "
+            "re-download or re-train the model"
+        ) from error
     if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
-        raise UserInputError(f"{path} is not a Liver E2Net checkpoint (missing keys); use a model written by liver-e2net train")
+        raise UserInputError(
+            f"{path} is not a Liver E2Net checkpoint (missing keys); use a model written by liver-e2net train"
+        )
     if payload["format_version"] != FORMAT_VERSION:
-        raise UserInputError(f"{path} has checkpoint format version {payload['format_version']}, this liver-e2net reads "
-                             f"version {FORMAT_VERSION}; update liver-e2net or re-export the model")
+        raise UserInputError(
+            f"{path} has checkpoint format version {payload['format_version']}, this liver-e2net reads "
+            f"version {FORMAT_VERSION}; update liver-e2net or re-export the model"
+        )
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (TypeError, ValueError) as error:
         raise UserInputError(f"{path}: the stored model config is invalid ({error})") from error
-    checkpoint = Checkpoint(config, payload["stage1"], payload["stage2"], payload["metadata"], payload["labels"], path)
+    checkpoint = Checkpoint(
+        config, payload["stage1"], payload["stage2"], payload["metadata"], payload["labels"], path
+    )
     try:
         checkpoint.build()
     except RuntimeError as error:
-        raise UserInputError(f"{path}: weights do not match the stored {config.name} config ({str(error)[:200]})") from error
+        raise UserInputError(
+            f"{path}: weights do not match the stored {config.name} config ({str(error)[:200]})"
+        ) from error
     return checkpoint
 
 
@@ -115,7 +130,9 @@ def random_checkpoint(config: ModelConfig, seed: int = 0, **metadata: Any) -> Ch
     """Untrained networks of `config`: for tests and speed benchmarks (speed does not depend on weights)."""
     torch.manual_seed(seed)
     stage1, stage2 = build_network(config.stage1), build_network(config.stage2)
-    return Checkpoint(config, stage1.state_dict(), stage2.state_dict(), {"name": f"random-{config.name}", **metadata})
+    return Checkpoint(
+        config, stage1.state_dict(), stage2.state_dict(), {"name": f"random-{config.name}", **metadata}
+    )
 
 
 def default_model_path() -> Path | None:

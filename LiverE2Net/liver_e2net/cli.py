@@ -14,7 +14,9 @@ COMMANDS = ("segment", "info", "benchmark")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liver-e2net", description="Liver and liver-tumor segmentation of CT (E2Net).")
+    parser = argparse.ArgumentParser(
+        prog="liver-e2net", description="Liver and liver-tumor segmentation of CT (E2Net)."
+    )
     parser.add_argument("--version", action="version", version=f"liver-e2net {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:

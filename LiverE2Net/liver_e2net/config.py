@@ -84,7 +84,9 @@ def paper_config() -> ModelConfig:
 
 def lite_config() -> ModelConfig:
     """Same code, a narrow and shallow Res2Net: fast enough for a laptop CPU."""
-    small = BackboneConfig(layers=(1, 1, 2, 1), base_width=6, scale=4, stem_channels=16, planes=(16, 32, 64, 128))
+    small = BackboneConfig(
+        layers=(1, 1, 2, 1), base_width=6, scale=4, stem_channels=16, planes=(16, 32, 64, 128)
+    )
     stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=small)
     stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=16, backbone=small)
     return ModelConfig(name="lite", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())

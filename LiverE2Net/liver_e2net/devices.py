@@ -19,8 +19,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserInputError(f"device {name!r} asked for, but CUDA is not available here "
-                                 f"(torch {torch.__version__}); use --device cpu or auto")
+            raise UserInputError(
+                f"device {name!r} asked for, but CUDA is not available here "
+                f"(torch {torch.__version__}); use --device cpu or auto"
+            )
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UserInputError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) present")

@@ -19,7 +19,10 @@ import SimpleITK as sitk
 from .errors import UserInputError
 from .segments import SEGMENTS
 
-PLAUSIBLE_HU = (-3100.0, 40000.0)  # GE pads with -3024; dense metal reaches tens of thousands only in extended CT
+PLAUSIBLE_HU = (
+    -3100.0,
+    40000.0,
+)  # GE pads with -3024; dense metal reaches tens of thousands only in extended CT
 
 
 @dataclass
@@ -54,16 +57,22 @@ def read_image(path: str | Path) -> sitk.Image:
         if path.is_dir():
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
             if not series:
-                raise UserInputError(f"{path} is a folder without a DICOM series; pass a volume file or a DICOM folder")
+                raise UserInputError(
+                    f"{path} is a folder without a DICOM series; pass a volume file or a DICOM folder"
+                )
             if len(series) > 1:
-                raise UserInputError(f"{path} holds {len(series)} DICOM series; pass the folder of one series")
+                raise UserInputError(
+                    f"{path} holds {len(series)} DICOM series; pass the folder of one series"
+                )
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        raise UserInputError(f"cannot read {path}: {message}; is it a NIfTI/NRRD/MHA file or a DICOM folder?") from error
+        raise UserInputError(
+            f"cannot read {path}: {message}; is it a NIfTI/NRRD/MHA file or a DICOM folder?"
+        ) from error
 
 
 def read_ct(path: str | Path) -> sitk.Image:
@@ -72,8 +81,10 @@ def read_ct(path: str | Path) -> sitk.Image:
     if image.GetDimension() != 3:
         raise UserInputError(f"{path} is a {image.GetDimension()}D image; a CT volume (3D) is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserInputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
-                             "a scalar CT volume in Hounsfield units is needed")
+        raise UserInputError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel (RGB or vector); "
+            "a scalar CT volume in Hounsfield units is needed"
+        )
     check_ct_values(sitk.GetArrayViewFromImage(image), str(path))
     return image
 
@@ -83,12 +94,15 @@ def check_ct_values(array: np.ndarray, name: str) -> None:
     if low == high:
         raise UserInputError(f"{name} is constant ({low:g} everywhere): it holds no image")
     if low < PLAUSIBLE_HU[0] or high > PLAUSIBLE_HU[1]:
-        raise UserInputError(f"{name} has values {low:g}..{high:g}, outside any CT in Hounsfield units; "
-                             "pass a CT volume in HU")
+        raise UserInputError(
+            f"{name} has values {low:g}..{high:g}, outside any CT in Hounsfield units; pass a CT volume in HU"
+        )
     if low > -200:
-        raise UserInputError(f"{name} does not look like CT in Hounsfield units: its lowest value is {low:g}, but air "
-                             "outside the body is about -1000 HU. If it is a CT stored without its rescale intercept, "
-                             "subtract 1024; MRI and other modalities are not supported")
+        raise UserInputError(
+            f"{name} does not look like CT in Hounsfield units: its lowest value is {low:g}, but air "
+            "outside the body is about -1000 HU. If it is a CT stored without its rescale intercept, "
+            "subtract 1024; MRI and other modalities are not supported"
+        )
 
 
 @contextmanager
@@ -99,7 +113,9 @@ def atomic_output(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise UserInputError(f"output {path} is a folder; give a file name such as {path / 'liver.nii.gz'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or "".join(path.suffixes))
+        handle, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=suffix or "".join(path.suffixes)
+        )
         os.close(handle)
     except OSError as error:
         raise UserInputError(f"cannot write {path}: {error.strerror}; choose a writable location") from error
@@ -119,7 +135,13 @@ def _umask() -> int:
 
 def output_format(path: str | Path) -> str:
     name = str(path).lower()
-    for suffix, kind in ((".seg.nrrd", "seg.nrrd"), (".nii.gz", "nifti"), (".nii", "nifti"), (".nrrd", "nrrd"), (".mha", "mha")):
+    for suffix, kind in (
+        (".seg.nrrd", "seg.nrrd"),
+        (".nii.gz", "nifti"),
+        (".nii", "nifti"),
+        (".nrrd", "nrrd"),
+        (".mha", "mha"),
+    ):
         if name.endswith(suffix):
             return kind
     raise UserInputError(f"unsupported output file type: {path}; use .nii.gz, .nii, .nrrd, .mha or .seg.nrrd")

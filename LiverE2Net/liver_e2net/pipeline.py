@@ -19,11 +19,47 @@ from .errors import UserInputError
 from .io import Volume
 from .models import segmentation_logits
 from .postprocessing import compose_label, largest_component
-from .preprocessing import Box, bounding_box, from_network_frame, normalize_hu, resize, stage1_size, to_network_frame
+from .preprocessing import (
+    Box,
+    bounding_box,
+    from_network_frame,
+    normalize_hu,
+    resize,
+    stage1_size,
+    to_network_frame,
+)
 from .progress import Reporter, null_reporter
 
 # Share of the progress bar each step takes (stage 2 runs the larger network on most slices).
 PROGRESS_SPAN = {"stage1": (0.05, 0.35), "stage2": (0.35, 0.9)}
+TTA_MODES = ("none", "flip", "multiscale", "flip+multiscale")
+DEFAULT_TTA_SCALES = (0.875, 1.0, 1.125)
+STRIDE = 32  # the networks downsample by 32: inputs must be multiples of it
+
+
+@dataclass(frozen=True)
+class TestTimeAugmentation:
+    """Test-time fusion after Bi et al. (ISBI 2017): stage-2 probabilities averaged over input scales and a
+    left-right flip, each mapped back to the original grid before averaging."""
+
+    __test__ = False  # not a pytest class, despite its name
+    flip: bool = False
+    scales: tuple[float, ...] = (1.0,)
+
+    @classmethod
+    def from_mode(cls, mode: str, scales: tuple[float, ...] = DEFAULT_TTA_SCALES) -> TestTimeAugmentation:
+        if mode not in TTA_MODES:
+            raise UserInputError(f"unknown --tta {mode!r}; choose one of {', '.join(TTA_MODES)}")
+        return cls(flip="flip" in mode, scales=tuple(scales) if "multiscale" in mode else (1.0,))
+
+    def sizes(self, size: int) -> list[int]:
+        sizes = [int(round(size * scale / STRIDE)) * STRIDE for scale in self.scales]
+        if min(sizes) < STRIDE or min(self.scales) <= 0:
+            raise UserInputError(
+                f"TTA scales {list(self.scales)} make the {size}-pixel stage-2 input smaller than the "
+                f"network stride ({STRIDE} pixels); use scales of at least {STRIDE / size:.3f}"
+            )
+        return sizes
 
 
 @dataclass
@@ -37,23 +73,42 @@ class SegmentationResult:
 class Segmenter:
     """Holds both networks on a device; `segment` runs one CT. Reuse it across cases to load the model once."""
 
-    def __init__(self, checkpoint: Checkpoint | str | Path | None = None, device: str = "auto",
-                 threads: int | None = None, stage1_batch: int = 16, stage2_batch: int = 8):
+    def __init__(
+        self,
+        checkpoint: Checkpoint | str | Path | None = None,
+        device: str = "auto",
+        threads: int | None = None,
+        stage1_batch: int = 16,
+        stage2_batch: int = 8,
+        tta: TestTimeAugmentation = TestTimeAugmentation(),
+    ):
         if checkpoint is None:
             checkpoint = default_model_path()
             if checkpoint is None:
-                raise UserInputError("no model given and no bundled model found in Resources/Models; pass --model")
+                raise UserInputError(
+                    "no model given and no bundled model found in Resources/Models; pass --model"
+                )
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.config = self.checkpoint.config
         self.device = resolve_device(device)
         self.threads = configure_threads(threads) if self.device.type == "cpu" else torch.get_num_threads()
-        self.stage1, self.stage2 = (n.to(memory_format=torch.channels_last) for n in self.checkpoint.build(self.device))
+        self.stage1, self.stage2 = (
+            n.to(memory_format=torch.channels_last) for n in self.checkpoint.build(self.device)
+        )
         self.autocast = autocast_dtype(self.device)
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
+        self.tta = tta
+        self.stage2_sizes = tta.sizes(self.config.preprocessing.stage2_size)
 
     @torch.inference_mode()
-    def segment(self, image: sitk.Image, tumors: bool = True, probabilities: bool = False,
-                min_lesion_ml: float = 0.05, progress: Reporter = null_reporter) -> SegmentationResult:
+    def segment(
+        self,
+        image: sitk.Image,
+        tumors: bool = True,
+        probabilities: bool = False,
+        min_lesion_ml: float = 0.05,
+        progress: Reporter = null_reporter,
+    ) -> SegmentationResult:
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         volume, record = to_network_frame(image)
@@ -108,7 +163,14 @@ class Segmenter:
         coarse = np.zeros((depth, *coarse_size), bool)
         for start in range(0, depth, self.stage1_batch):
             stop = min(depth, start + self.stage1_batch)
-            coarse[start:stop] = (self._run(self.stage1, resize(self._slices(volume.array, start, stop), coarse_size))[:, 0] > 0.5).cpu().numpy()
+            coarse[start:stop] = (
+                (
+                    self._run(self.stage1, resize(self._slices(volume.array, start, stop), coarse_size))[:, 0]
+                    > 0.5
+                )
+                .cpu()
+                .numpy()
+            )
             progress("stage1", _span("stage1", stop / depth), f"slice {stop}/{depth}")
         if not coarse.any():
             return None
@@ -117,20 +179,32 @@ class Segmenter:
         coarse_box = bounding_box(coarse, (0, 0), prep.box_margin_slices)
         margin_y = int(round(prep.box_margin_mm / spacing_yx[0]))
         margin_x = int(round(prep.box_margin_mm / spacing_yx[1]))
-        return Box(coarse_box.z0, coarse_box.z1,
-                   max(0, int(coarse_box.y0 * scale_y) - margin_y), min(height, int(np.ceil(coarse_box.y1 * scale_y)) + margin_y),
-                   max(0, int(coarse_box.x0 * scale_x) - margin_x), min(width, int(np.ceil(coarse_box.x1 * scale_x)) + margin_x))
+        return Box(
+            coarse_box.z0,
+            coarse_box.z1,
+            max(0, int(coarse_box.y0 * scale_y) - margin_y),
+            min(height, int(np.ceil(coarse_box.y1 * scale_y)) + margin_y),
+            max(0, int(coarse_box.x0 * scale_x) - margin_x),
+            min(width, int(np.ceil(coarse_box.x1 * scale_x)) + margin_x),
+        )
 
     def _stage2(self, volume: Volume, box: Box, progress: Reporter) -> np.ndarray:
         """E2Net on every slice of the liver box resized to stage2_size; probabilities resized back to the box."""
-        size = self.config.preprocessing.stage2_size
         crop = volume.array[box.slices]
         box_shape = crop.shape[1:]
         result = np.empty((2, *crop.shape), np.float32)
+        flips = (False, True) if self.tta.flip else (False,)
         for start in range(0, crop.shape[0], self.stage2_batch):
             stop = min(crop.shape[0], start + self.stage2_batch)
-            probabilities = self._run(self.stage2, resize(self._slices(crop, start, stop), (size, size)))
-            result[:, start:stop] = resize(probabilities, box_shape).transpose(0, 1).cpu().numpy()
+            slices = self._slices(crop, start, stop)
+            probabilities = 0
+            for size in self.stage2_sizes:
+                for flip in flips:
+                    batch = resize(slices, (size, size))
+                    output = self._run(self.stage2, batch.flip(-1) if flip else batch)
+                    probabilities = probabilities + resize(output.flip(-1) if flip else output, box_shape)
+            probabilities = probabilities / (len(self.stage2_sizes) * len(flips))
+            result[:, start:stop] = probabilities.transpose(0, 1).cpu().numpy()
             progress("stage2", _span("stage2", stop / crop.shape[0]), f"slice {stop}/{crop.shape[0]}")
         return result
 

@@ -32,7 +32,9 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     return keep[labelled]
 
 
-def compose_label(liver: np.ndarray, tumor: np.ndarray | None, voxel_ml: float, min_lesion_ml: float = 0.0) -> np.ndarray:
+def compose_label(
+    liver: np.ndarray, tumor: np.ndarray | None, voxel_ml: float, min_lesion_ml: float = 0.0
+) -> np.ndarray:
     """Binary liver and tumor masks -> {0, 1, 2} label map with the LiTS conventions (tumor inside liver)."""
     liver = fill_holes_per_slice(largest_component(liver | (tumor if tumor is not None else False)))
     label = liver.astype(np.uint8)

@@ -38,7 +38,9 @@ def from_network_frame(array: np.ndarray, volume: Volume, record: OrientationRec
         return array
     restored = sitk.DICOMOrient(volume.to_image(array), record.source_orientation)
     result = sitk.GetArrayFromImage(restored)
-    assert result.shape == sitk.GetArrayViewFromImage(record.reference).shape  # a permutation/flip cannot fail this
+    assert (
+        result.shape == sitk.GetArrayViewFromImage(record.reference).shape
+    )  # a permutation/flip cannot fail this
     return result
 
 
@@ -47,8 +49,8 @@ def normalize_hu(array: np.ndarray | torch.Tensor, window: tuple[float, float]):
     low, high = window
     scale, offset = 2.0 / (high - low), -1.0 - 2.0 * low / (high - low)
     if isinstance(array, torch.Tensor):
-        return (array.float().clamp(low, high) * scale + offset)
-    return (np.clip(array, low, high).astype(np.float32) * np.float32(scale) + np.float32(offset))
+        return array.float().clamp(low, high) * scale + offset
+    return np.clip(array, low, high).astype(np.float32) * np.float32(scale) + np.float32(offset)
 
 
 def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -61,9 +63,14 @@ def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -
     return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
 
 
-def stage1_size(shape_yx: tuple[int, int], spacing_yx: tuple[float, float], pixel_mm: float, multiple: int = 32) -> tuple[int, int]:
+def stage1_size(
+    shape_yx: tuple[int, int], spacing_yx: tuple[float, float], pixel_mm: float, multiple: int = 32
+) -> tuple[int, int]:
     """Slice size at the model's stage-1 pixel size, rounded up to the network stride."""
-    return tuple(max(multiple, int(np.ceil(n * s / pixel_mm / multiple)) * multiple) for n, s in zip(shape_yx, spacing_yx))
+    return tuple(
+        max(multiple, int(np.ceil(n * s / pixel_mm / multiple)) * multiple)
+        for n, s in zip(shape_yx, spacing_yx)
+    )
 
 
 @dataclass(frozen=True)

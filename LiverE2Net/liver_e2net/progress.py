@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 ProgressCallback = Callable[[str, float, str], None]
 
@@ -37,7 +38,9 @@ class BarReporter:
     def __init__(self, desc: str = "liver-e2net"):
         from tqdm import tqdm
 
-        self.bar = tqdm(total=1000, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        self.bar = tqdm(
+            total=1000, desc=desc, file=sys.stderr, bar_format="{l_bar}{bar}| {elapsed}<{remaining}"
+        )
 
     def __call__(self, stage: str, fraction: float, message: str = "", **extra: Any) -> None:
         self.bar.set_postfix_str(f"{stage}: {message}" if message else stage, refresh=False)

@@ -14,7 +14,9 @@ from .postprocessing import remove_small_components
 from .segments import SEGMENTS
 
 
-def surface_mesh(mask: np.ndarray, reference: sitk.Image, smoothing_mm: float = 1.0) -> tuple[np.ndarray, np.ndarray] | None:
+def surface_mesh(
+    mask: np.ndarray, reference: sitk.Image, smoothing_mm: float = 1.0
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Mask [z, y, x] -> (vertices (N, 3) in LPS mm, faces (M, 3)), outward normals, watertight; None if empty.
 
     Islands under 10 voxels are dropped first: single-voxel specks make smoothed surfaces non-manifold.
@@ -46,7 +48,9 @@ def write_stl(path: str | Path, vertices: np.ndarray, faces: np.ndarray, name: s
     triangles = vertices[faces].astype(np.float32)  # (M, 3, 3)
     normals = np.cross(triangles[:, 1] - triangles[:, 0], triangles[:, 2] - triangles[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
-    record = np.zeros(len(faces), dtype=[("normal", "<f4", 3), ("vertices", "<f4", (3, 3)), ("attribute", "<u2")])
+    record = np.zeros(
+        len(faces), dtype=[("normal", "<f4", 3), ("vertices", "<f4", (3, 3)), ("attribute", "<u2")]
+    )
     record["normal"], record["vertices"] = normals, triangles
     header = f"Liver E2Net {name} (LPS, mm)".encode()[:80].ljust(80, b" ")
     with atomic_output(path) as temporary:
@@ -57,7 +61,9 @@ def write_stl(path: str | Path, vertices: np.ndarray, faces: np.ndarray, name: s
     return Path(path)
 
 
-def export_segment_surfaces(label: np.ndarray, reference: sitk.Image, folder: str | Path, smoothing_mm: float = 1.0) -> list[Path]:
+def export_segment_surfaces(
+    label: np.ndarray, reference: sitk.Image, folder: str | Path, smoothing_mm: float = 1.0
+) -> list[Path]:
     """One `<Segment name>_LPS.stl` per non-empty segment (the liver surface includes its tumors)."""
     written = []
     for segment in SEGMENTS:
@@ -66,5 +72,9 @@ def export_segment_surfaces(label: np.ndarray, reference: sitk.Image, folder: st
         if mesh is None:
             continue
         vertices, faces = mesh
-        written.append(write_stl(Path(folder) / f"{segment.name.replace(' ', '_')}_LPS.stl", vertices, faces, segment.name))
+        written.append(
+            write_stl(
+                Path(folder) / f"{segment.name.replace(' ', '_')}_LPS.stl", vertices, faces, segment.name
+            )
+        )
     return written

@@ -20,13 +20,21 @@ from ..errors import UserInputError
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("benchmark", help="time the two-stage pipeline on a CT for each config")
-    parser.add_argument("input", nargs="?", help="CT to time (default: the IRCAD CT ../shared/data/case01_ct.nii.gz "
-                                                 "if present, else the bundled sample)")
-    parser.add_argument("--configs", default="lite,paper", help="comma-separated: lite, paper (random weights)")
+    parser.add_argument(
+        "input",
+        nargs="?",
+        help="CT to time (default: the IRCAD CT ../shared/data/case01_ct.nii.gz "
+        "if present, else the bundled sample)",
+    )
+    parser.add_argument(
+        "--configs", default="lite,paper", help="comma-separated: lite, paper (random weights)"
+    )
     parser.add_argument("--model", help="time this checkpoint instead of random-weight configs")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up (median reported)")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="timed runs after one warm-up (median reported)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # internal: run one config in this process
     parser.set_defaults(func=run)
@@ -34,8 +42,10 @@ def register(subparsers) -> None:
 
 def default_input() -> Path:
     root = Path(__file__).resolve().parents[3]
-    for candidate in (root.parent / "shared" / "data" / "case01_ct.nii.gz",
-                      root / "Resources" / "SampleData" / "crlm1004_ct.nii.gz"):
+    for candidate in (
+        root.parent / "shared" / "data" / "case01_ct.nii.gz",
+        root / "Resources" / "SampleData" / "crlm1004_ct.nii.gz",
+    ):
         if candidate.exists():
             return candidate
     raise UserInputError("no CT given and none of the default benchmark CTs found; pass a CT path")
@@ -49,13 +59,26 @@ def run(args: argparse.Namespace) -> int:
     targets = [args.model] if args.model else [c.strip() for c in args.configs.split(",") if c.strip()]
     rows = []
     for target in targets:
-        command = [sys.executable, "-m", "liver_e2net", "benchmark", str(path), "--child", target,
-                   "--device", args.device, "--repeats", str(args.repeats)]
+        command = [
+            sys.executable,
+            "-m",
+            "liver_e2net",
+            "benchmark",
+            str(path),
+            "--child",
+            target,
+            "--device",
+            args.device,
+            "--repeats",
+            str(args.repeats),
+        ]
         if args.threads:
             command += ["--threads", str(args.threads)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
-            raise UserInputError(f"benchmark of {target} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+            raise UserInputError(
+                f"benchmark of {target} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+            )
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print_table(path, rows)
     if args.json:
@@ -82,19 +105,30 @@ def time_one(path: Path, target: str, args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         result = segmenter.segment(ct)
         runs.append(result.seconds)
-    seconds = {key: statistics.median(run.get(key, 0.0) for run in runs) for key in ("total", "stage1", "stage2", "postprocess")}
+    seconds = {
+        key: statistics.median(run.get(key, 0.0) for run in runs)
+        for key in ("total", "stage1", "stage2", "postprocess")
+    }
     size = ct.GetSize()
     label = result.label
     liver_slices = int((label.reshape(label.shape[0], -1) > 0).any(1).sum()) if label.any() else 0
     return {
-        "model": target, "config": segmenter.config.name, "device": str(segmenter.device), "threads": segmenter.threads,
+        "model": target,
+        "config": segmenter.config.name,
+        "device": str(segmenter.device),
+        "threads": segmenter.threads,
         "precision": str(segmenter.autocast or torch.float32).replace("torch.", ""),
-        "ct": f"{size[0]}x{size[1]}x{size[2]}", "slices": size[2], "liver_slices_found": liver_slices,
+        "ct": f"{size[0]}x{size[1]}x{size[2]}",
+        "slices": size[2],
+        "liver_slices_found": liver_slices,
         "seconds": {k: round(v, 3) for k, v in seconds.items()},
         "stage1_s_per_slice": round(seconds["stage1"] / size[2], 4),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 2),
-        "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2) if torch.cuda.is_available() else None,
-        "date": time.strftime("%Y-%m-%d"), "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
+        "peak_cuda_gb": round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+        if torch.cuda.is_available()
+        else None,
+        "date": time.strftime("%Y-%m-%d"),
+        "sitk_threads": sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(),
     }
 
 
@@ -105,5 +139,7 @@ def print_table(path: Path, rows: list[dict]) -> None:
     print("-" * len(header))
     for row in rows:
         s = row["seconds"]
-        print(f"{Path(row['model']).stem[:9]:<10}{row['device']:<8}{row['threads']:>4}{row['precision']:>9}{s['total']:>9.2f}"
-              f"{s['stage1']:>10.2f}{s['stage2']:>10.2f}{s['postprocess']:>8.2f}{row['stage1_s_per_slice']:>10.4f}{row['peak_rss_gb']:>9.2f}")
+        print(
+            f"{Path(row['model']).stem[:9]:<10}{row['device']:<8}{row['threads']:>4}{row['precision']:>9}{s['total']:>9.2f}"
+            f"{s['stage1']:>10.2f}{s['stage2']:>10.2f}{s['postprocess']:>8.2f}{row['stage1_s_per_slice']:>10.4f}{row['peak_rss_gb']:>9.2f}"
+        )

@@ -24,21 +24,35 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     path = args.model or default_model_path()
-    info = {"liver_e2net": __version__, "torch": torch.__version__, "device": str(device),
-            "threads": available_cores() if device.type == "cpu" else torch.get_num_threads(),
-            "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", ""),
-            "cuda": dict(zip(("available", "detail"), cuda_status())), "model": None}
+    info = {
+        "liver_e2net": __version__,
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": available_cores() if device.type == "cpu" else torch.get_num_threads(),
+        "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", ""),
+        "cuda": dict(zip(("available", "detail"), cuda_status())),
+        "model": None,
+    }
     if path:
         checkpoint = load_checkpoint(path)
-        parameters = {stage: sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
-                      for stage, state in (("stage1", checkpoint.stage1), ("stage2", checkpoint.stage2))}
-        info["model"] = {"path": str(path), "description": checkpoint.describe(), "config": checkpoint.config.to_dict(),
-                         "parameters": parameters, "metadata": checkpoint.metadata}
+        parameters = {
+            stage: sum(v.numel() for k, v in state.items() if "running" not in k and "num_batches" not in k)
+            for stage, state in (("stage1", checkpoint.stage1), ("stage2", checkpoint.stage2))
+        }
+        info["model"] = {
+            "path": str(path),
+            "description": checkpoint.describe(),
+            "config": checkpoint.config.to_dict(),
+            "parameters": parameters,
+            "metadata": checkpoint.metadata,
+        }
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
     print(f"liver-e2net {info['liver_e2net']}  torch {info['torch']}")
-    print(f"device    {info['device']} ({info['threads']} threads, {info['precision']}); CUDA: {info['cuda']['detail']}")
+    print(
+        f"device    {info['device']} ({info['threads']} threads, {info['precision']}); CUDA: {info['cuda']['detail']}"
+    )
     if info["model"] is None:
         print("model     none found (pass --model or train one)")
         return 0
@@ -47,9 +61,13 @@ def run(args: argparse.Namespace) -> int:
     config = checkpoint.config
     for stage in ("stage1", "stage2"):
         network = getattr(config, stage)
-        print(f"{stage}    {network.arch}, Res2Net layers {list(network.backbone.layers)} width {network.backbone.base_width}"
-              f"x{network.backbone.scale}s, decoder {network.decoder_channels} ch, {model['parameters'][stage] / 1e6:.2f} M parameters")
+        print(
+            f"{stage}    {network.arch}, Res2Net layers {list(network.backbone.layers)} width {network.backbone.base_width}"
+            f"x{network.backbone.scale}s, decoder {network.decoder_channels} ch, {model['parameters'][stage] / 1e6:.2f} M parameters"
+        )
     prep = config.preprocessing
-    print(f"input     HU window {list(prep.hu_window)}, stage 1 at {prep.stage1_pixel_mm} mm/pixel, stage 2 at "
-          f"{prep.stage2_size}x{prep.stage2_size} liver crops")
+    print(
+        f"input     HU window {list(prep.hu_window)}, stage 1 at {prep.stage1_pixel_mm} mm/pixel, stage 2 at "
+        f"{prep.stage2_size}x{prep.stage2_size} liver crops"
+    )
     return 0

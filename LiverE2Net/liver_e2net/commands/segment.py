@@ -12,32 +12,66 @@ import SimpleITK as sitk
 
 from ..errors import UserInputError
 from ..io import atomic_output, output_format, read_ct, write_labelmap
+from ..pipeline import DEFAULT_TTA_SCALES, TTA_MODES
 from ..progress import make_reporter
 
 log = logging.getLogger("liver_e2net")
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("segment", help="segment the liver and liver tumors of one CT",
-                                   description="Segment liver and liver tumors in a CT volume (file or DICOM folder).")
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment the liver and liver tumors of one CT",
+        description="Segment liver and liver tumors in a CT volume (file or DICOM folder).",
+    )
     parser.add_argument("input", help="CT volume: .nii.gz, .nrrd, .mha, ... or a DICOM series folder")
-    parser.add_argument("-o", "--output", required=True, help="label map: .nii.gz, .nrrd, .mha or .seg.nrrd (Slicer)")
+    parser.add_argument(
+        "-o", "--output", required=True, help="label map: .nii.gz, .nrrd, .mha or .seg.nrrd (Slicer)"
+    )
     parser.add_argument("--model", help="checkpoint (.pt); default: the bundled model")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all available cores)")
     parser.add_argument("--no-tumors", dest="tumors", action="store_false", help="liver only")
-    parser.add_argument("--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)")
-    parser.add_argument("--stl", metavar="DIR", help="also write one closed STL surface per segment (LPS mm) here")
-    parser.add_argument("--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)")
-    parser.add_argument("--probabilities", metavar="PATH", help="also write liver/tumor probabilities (2-component image)")
-    parser.add_argument("--report", metavar="JSON", help="write volumes, lesion table, timings to this JSON file")
-    parser.add_argument("--progress", default="auto", choices=["auto", "bar", "jsonl", "none"],
-                        help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing")
+    parser.add_argument(
+        "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
+    )
+    parser.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time fusion of stage 2: left-right flip and/or scales 0.875, 1, 1.125 (slower)",
+    )
+    parser.add_argument(
+        "--tta-scales",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_TTA_SCALES),
+        metavar="S",
+        help="scales for --tta multiscale (default 0.875 1.0 1.125)",
+    )
+    parser.add_argument(
+        "--stl", metavar="DIR", help="also write one closed STL surface per segment (LPS mm) here"
+    )
+    parser.add_argument(
+        "--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)"
+    )
+    parser.add_argument(
+        "--probabilities", metavar="PATH", help="also write liver/tumor probabilities (2-component image)"
+    )
+    parser.add_argument(
+        "--report", metavar="JSON", help="write volumes, lesion table, timings to this JSON file"
+    )
+    parser.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "bar", "jsonl", "none"],
+        help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import Segmenter
+    from ..pipeline import Segmenter, TestTimeAugmentation
     from ..report import case_report
     from ..surfaces import export_segment_surfaces
 
@@ -46,12 +80,18 @@ def run(args: argparse.Namespace) -> int:
     if args.min_lesion_ml < 0 or args.smoothing < 0:
         raise UserInputError("--min-lesion-ml and --smoothing must be >= 0")
     progress = make_reporter(args.progress)
-    progress("load", 0.0, f"reading {args.input}")
+    progress("load", 0.0, "loading model")
+    tta = TestTimeAugmentation.from_mode(args.tta, tuple(args.tta_scales))
+    segmenter = Segmenter(args.model, device=args.device, threads=args.threads, tta=tta)
+    progress("load", 0.02, f"reading {args.input}")
     ct = read_ct(args.input)
-    progress("load", 0.02, "loading model")
-    segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
-    result = segmenter.segment(ct, tumors=args.tumors, probabilities=bool(args.probabilities),
-                               min_lesion_ml=args.min_lesion_ml, progress=progress)
+    result = segmenter.segment(
+        ct,
+        tumors=args.tumors,
+        probabilities=bool(args.probabilities),
+        min_lesion_ml=args.min_lesion_ml,
+        progress=progress,
+    )
     progress("write", 0.92, f"writing {args.output}")
     write_labelmap(result.label, ct, args.output)
     if args.probabilities:
@@ -62,14 +102,23 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         log.warning("warning: %s", warning)
     if args.report:
-        report = {"input": str(args.input), "output": str(args.output), "model": model_summary(segmenter),
-                  "device": str(segmenter.device), "threads": segmenter.threads,
-                  "seconds": {k: round(v, 3) for k, v in result.seconds.items()}, **summary, "warnings": result.warnings}
+        report = {
+            "input": str(args.input),
+            "output": str(args.output),
+            "model": model_summary(segmenter),
+            "device": str(segmenter.device),
+            "threads": segmenter.threads,
+            "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+            **summary,
+            "warnings": result.warnings,
+        }
         with atomic_output(args.report) as temporary:
             temporary.write_text(json.dumps(report, indent=2))
-    message = (f"liver {summary['liver_ml']:.1f} ml, tumor {summary['tumor_ml']:.1f} ml "
-               f"({len(summary['lesions'])} lesions, burden {summary['tumor_burden_percent']:.2f} %) "
-               f"in {result.seconds['total']:.1f} s on {segmenter.device}")
+    message = (
+        f"liver {summary['liver_ml']:.1f} ml, tumor {summary['tumor_ml']:.1f} ml "
+        f"({len(summary['lesions'])} lesions, burden {summary['tumor_burden_percent']:.2f} %) "
+        f"in {result.seconds['total']:.1f} s on {segmenter.device}"
+    )
     progress("done", 1.0, message, liver_ml=summary["liver_ml"], tumor_ml=summary["tumor_ml"])
     if args.progress != "jsonl":
         print(message)
@@ -81,8 +130,12 @@ def run(args: argparse.Namespace) -> int:
 
 def model_summary(segmenter) -> dict:
     checkpoint = segmenter.checkpoint
-    return {"path": str(checkpoint.path) if checkpoint.path else None, "name": checkpoint.metadata.get("name"),
-            "config": checkpoint.config.name, "description": checkpoint.describe()}
+    return {
+        "path": str(checkpoint.path) if checkpoint.path else None,
+        "name": checkpoint.metadata.get("name"),
+        "config": checkpoint.config.name,
+        "description": checkpoint.describe(),
+    }
 
 
 def write_probabilities(probabilities: np.ndarray, reference: sitk.Image, path: str) -> None:

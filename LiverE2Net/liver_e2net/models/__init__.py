@@ -16,10 +16,12 @@ def build_network(config: NetworkConfig) -> nn.Module:
     try:
         return ARCHITECTURES[config.arch](config)
     except KeyError:
-        raise ValueError(f"unknown architecture {config.arch!r}; choose one of {sorted(ARCHITECTURES)}") from None
+        raise ValueError(
+            f"unknown architecture {config.arch!r}; choose one of {sorted(ARCHITECTURES)}"
+        ) from None
 
 
-def segmentation_logits(output) -> "torch.Tensor":  # noqa: F821
+def segmentation_logits(output) -> torch.Tensor:  # noqa: F821
     """The prediction of either network: R2UNet's logits or E2Net's fused s2."""
     return output.s2 if isinstance(output, E2NetOutput) else output
 

@@ -44,7 +44,11 @@ class CrossRefine(nn.Module):
         feature = own[self.level]
         mixed = []
         for conv, other_feature in zip(self.mix, other[self.level :]):
-            down = feature if other_feature.shape[-2:] == feature.shape[-2:] else F.adaptive_avg_pool2d(feature, other_feature.shape[-2:])
+            down = (
+                feature
+                if other_feature.shape[-2:] == feature.shape[-2:]
+                else F.adaptive_avg_pool2d(feature, other_feature.shape[-2:])
+            )
             mixed.append(conv(self._join(down, other_feature)))
         x = mixed[-1]
         for conv, finer in zip(reversed(self.decode), reversed(mixed[:-1])):
@@ -55,10 +59,14 @@ class CrossRefine(nn.Module):
 class DCFF(nn.Module):
     def __init__(self, channels: int, levels: int = 5):
         super().__init__()
-        self.refine_segmentation = nn.ModuleList(CrossRefine(channels, i, levels, "concat") for i in range(levels))
+        self.refine_segmentation = nn.ModuleList(
+            CrossRefine(channels, i, levels, "concat") for i in range(levels)
+        )
         self.refine_edge = nn.ModuleList(CrossRefine(channels, i, levels, "multiply") for i in range(levels))
 
-    def forward(self, seg: list[torch.Tensor], edge: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def forward(
+        self, seg: list[torch.Tensor], edge: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         refined_seg = [refine(seg, edge) for refine in self.refine_segmentation]
         refined_edge = [refine(edge, seg) for refine in self.refine_edge]
         return refined_seg, refined_edge
@@ -85,4 +93,8 @@ class E2Net(nn.Module):
             seg, edge = self.dcff(seg, edge)
         seg_decoded, edge_decoded = self.seg_decoder(seg), self.edge_decoder(edge)
         fused = self.fusion(torch.cat([seg_decoded, edge_decoded], dim=1))
-        return E2NetOutput(self.seg_head(seg_decoded, size), self.edge_head(edge_decoded, size), self.fusion_head(fused, size))
+        return E2NetOutput(
+            self.seg_head(seg_decoded, size),
+            self.edge_head(edge_decoded, size),
+            self.fusion_head(fused, size),
+        )

@@ -20,7 +20,8 @@ class Compress(nn.Module):
     def __init__(self, in_channels: list[int], channels: int):
         super().__init__()
         self.levels = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(c, channels, 1), conv_bn_relu(channels, channels, 3)) for c in in_channels
+            nn.Sequential(conv_bn_relu(c, channels, 1), conv_bn_relu(channels, channels, 3))
+            for c in in_channels
         )
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -33,7 +34,8 @@ class Decoder(nn.Module):
     def __init__(self, channels: int, levels: int = 5):
         super().__init__()
         self.blocks = nn.ModuleList(
-            nn.Sequential(conv_bn_relu(2 * channels, channels), conv_bn_relu(channels, channels)) for _ in range(levels - 1)
+            nn.Sequential(conv_bn_relu(2 * channels, channels), conv_bn_relu(channels, channels))
+            for _ in range(levels - 1)
         )
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:

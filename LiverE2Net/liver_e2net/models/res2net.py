@@ -35,12 +35,18 @@ class Bottle2neck(nn.Module):
         out_channels = planes * self.expansion
         self.is_first = stride > 1 or in_channels != out_channels
         self.conv1 = nn.Sequential(
-            nn.Conv2d(in_channels, self.width * scale, 1, bias=False), nn.BatchNorm2d(self.width * scale), nn.ReLU(inplace=True)
+            nn.Conv2d(in_channels, self.width * scale, 1, bias=False),
+            nn.BatchNorm2d(self.width * scale),
+            nn.ReLU(inplace=True),
         )
-        self.convs = nn.ModuleList(conv_bn_relu(self.width, self.width, 3, stride) for _ in range(max(1, scale - 1)))
+        self.convs = nn.ModuleList(
+            conv_bn_relu(self.width, self.width, 3, stride) for _ in range(max(1, scale - 1))
+        )
         # The last split skips the 3x3 conv; in a stage's first block it is pooled to the new stride.
         self.pool = nn.AvgPool2d(3, stride, padding=1) if self.is_first and scale > 1 else None
-        self.conv3 = nn.Sequential(nn.Conv2d(self.width * scale, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.conv3 = nn.Sequential(
+            nn.Conv2d(self.width * scale, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+        )
         self.downsample = None
         if self.is_first:
             self.downsample = nn.Sequential(
@@ -78,7 +84,11 @@ class Res2Net(nn.Module):
             stride = 1 if stage_index == 0 else 2
             stage = []
             for block_index in range(blocks):
-                stage.append(Bottle2neck(channels, planes, stride if block_index == 0 else 1, config.base_width, config.scale))
+                stage.append(
+                    Bottle2neck(
+                        channels, planes, stride if block_index == 0 else 1, config.base_width, config.scale
+                    )
+                )
                 channels = planes * Bottle2neck.expansion
             stages.append(nn.Sequential(*stage))
             self.feature_info.append({"num_chs": channels, "reduction": 4 * 2**stage_index})
