@@ -122,31 +122,32 @@ def pair_folders(pred_dir: str | Path, ref_dir: str | Path) -> list[CaseFiles]:
     refs, ref_cts = scan_folder(ref_dir)
     if not refs:
         raise UserInputError(f"no reference label maps ({', '.join(VOLUME_EXTENSIONS)}) in {ref_dir}")
-    unpaired = [
-        f"predictions without a reference in {ref_dir}: {', '.join(preds[n].name for n in sorted(preds.keys() - refs.keys()))}",
-        f"references without a prediction in {pred_dir}: {', '.join(refs[n].name for n in sorted(refs.keys() - preds.keys()))}",
-    ]
-    unpaired = [
-        line
-        for line, extra in zip(
-            unpaired, (preds.keys() - refs.keys(), refs.keys() - preds.keys()), strict=True
-        )
-        if extra
-    ]
-    if unpaired:
+    extra_preds, missing = sorted(preds.keys() - refs.keys()), sorted(refs.keys() - preds.keys())
+    problems = []
+    if extra_preds:
+        names = ", ".join(preds[n].name for n in extra_preds)
+        problems.append(f"predictions in {pred_dir} without a reference in {ref_dir}: {names}")
+    if missing:
+        names = ", ".join(refs[n].name for n in missing)
+        problems.append(f"references in {ref_dir} without a prediction in {pred_dir}: {names}")
+    if problems:
         raise UserInputError(
-            "unpaired files (names are matched without extension and _label/_seg/_pred): "
-            + "; ".join(unpaired)
+            "unpaired files (matched by name without extension and _label/_seg/_pred): " + "; ".join(problems)
         )
     cts = {**pred_cts, **ref_cts}
     return [CaseFiles(name, preds[name], refs[name], cts.get(name)) for name in sorted(refs)]
+
+
+def _last_line(error: RuntimeError) -> str:
+    """SimpleITK errors are multi-line ITK dumps; the last line says what went wrong."""
+    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
 
 
 def _read(path: Path) -> sitk.Image:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        raise UserInputError(f"cannot read {path}: {str(error).strip().splitlines()[-1]}") from error
+        raise UserInputError(f"cannot read {path}: {_last_line(error)}") from error
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise UserInputError(
             f"{path} is not a scalar 3D volume (dimension {image.GetDimension()}, "
@@ -155,23 +156,49 @@ def _read(path: Path) -> sitk.Image:
     return image
 
 
-def check_same_grid(image: sitk.Image, path: Path, other: sitk.Image, other_path: Path) -> None:
-    """Shape, spacing (1e-3 relative), direction and origin must agree, else voxels would be compared blindly."""
+def _read_header(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise UserInputError(f"cannot read {path}: {_last_line(error)}") from error
+    return reader
+
+
+Grid = sitk.Image | sitk.ImageFileReader  # both answer GetSize / GetSpacing / GetDirection / GetOrigin
+
+
+def _grid_difference(image: Grid, other: Grid) -> str | None:
     spacing, other_spacing = np.array(image.GetSpacing()), np.array(other.GetSpacing())
-    problems = []
-    if image.GetSize() != other.GetSize():
-        problems.append(f"size {image.GetSize()} vs {other.GetSize()}")
-    elif not np.allclose(spacing, other_spacing, rtol=SPACING_RTOL, atol=0):
-        problems.append(f"spacing {tuple(spacing.round(4))} vs {tuple(other_spacing.round(4))} mm")
-    elif not np.allclose(image.GetDirection(), other.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
-        problems.append(f"direction {image.GetDirection()} vs {other.GetDirection()}")
-    elif np.abs(np.subtract(image.GetOrigin(), other.GetOrigin())).max() > ORIGIN_TOL_VOXELS * spacing.min():
-        problems.append(f"origin {image.GetOrigin()} vs {other.GetOrigin()} mm")
-    if problems:
+    if tuple(image.GetSize()) != tuple(other.GetSize()):
+        return f"size {tuple(image.GetSize())} vs {tuple(other.GetSize())}"
+    if not np.allclose(spacing, other_spacing, rtol=SPACING_RTOL, atol=0):
+        return f"spacing {tuple(spacing.round(4).tolist())} vs {tuple(other_spacing.round(4).tolist())} mm"
+    if not np.allclose(image.GetDirection(), other.GetDirection(), rtol=0, atol=DIRECTION_ATOL):
+        return f"direction {image.GetDirection()} vs {other.GetDirection()}"
+    if np.abs(np.subtract(image.GetOrigin(), other.GetOrigin())).max() > ORIGIN_TOL_VOXELS * spacing.min():
+        return f"origin {image.GetOrigin()} vs {other.GetOrigin()} mm"
+    return None
+
+
+def check_same_grid(image: Grid, path: Path, other: Grid, other_path: Path) -> None:
+    """Size, spacing (1e-3 relative), direction and origin must agree, else voxels would be compared blindly."""
+    difference = _grid_difference(image, other)
+    if difference is not None:
         raise UserInputError(
-            f"geometry mismatch between {path} and {other_path}: {problems[0]}; "
-            "resample the prediction onto the reference grid"
+            f"geometry mismatch between {path} and {other_path}: {difference}; both must share one voxel grid "
+            "(resample the prediction onto the reference)"
         )
+
+
+def check_geometry(cases: Iterable[CaseFiles]) -> None:
+    """Compares file headers only, so a mismatch in the last case fails before the first is evaluated."""
+    for case in cases:
+        reference = _read_header(case.reference)
+        for path in (case.prediction, case.ct):
+            if path is not None:
+                check_same_grid(_read_header(path), path, reference, case.reference)
 
 
 def label_array(image: sitk.Image, path: Path) -> np.ndarray:
@@ -208,6 +235,7 @@ def load_case(files: CaseFiles) -> CaseVolumes:
 
 
 def evaluate_case(case: CaseVolumes) -> CaseResult:
+    """Scores of one case: liver = label >= 1 (tumor included), tumor = label == 2."""
     pred_liver, ref_liver = (
         case.prediction >= metrics.LIVER_MIN_LABEL,
         case.reference >= metrics.LIVER_MIN_LABEL,
@@ -409,4 +437,5 @@ def format_table(result: EvaluationResult) -> str:
         )
         for row in cells
     ]
-    return "\n".join(lines[:1] + ["-" * len(lines[0])] + lines[1:])
+    rule = "-" * len(lines[0])
+    return "\n".join([lines[0], rule, *lines[1:-2], rule, *lines[-2:]])

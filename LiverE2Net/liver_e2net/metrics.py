@@ -93,8 +93,7 @@ def surface_distances(
     sampling = _zyx(spacing)
     if not pred.any() or not ref.any():
         return np.empty(0), np.empty(0)
-    box = ndimage.find_objects((pred | ref).astype(np.uint8))[0]
-    box = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(box, pred.shape, strict=True))
+    box = _bounding_box(pred | ref, margin=1)
     pred_surface, ref_surface = _surface(pred[box]), _surface(ref[box])
     to_ref = ndimage.distance_transform_edt(~ref_surface, sampling=sampling)
     to_pred = ndimage.distance_transform_edt(~pred_surface, sampling=sampling)
@@ -178,9 +177,24 @@ def burden_rmse(pred_burdens: Sequence[float], ref_burdens: Sequence[float]) -> 
     return float(np.sqrt(np.mean((pred - ref) ** 2))) if pred.size else float("nan")
 
 
+def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
+    """Slices of the smallest box holding a non-empty mask, grown by `margin` voxels within the array."""
+    box = []
+    for axis, size in enumerate(mask.shape):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, size)))
+    return tuple(box)
+
+
 def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """3D connected components with 26-connectivity: (labels 1..n, n)."""
-    labels, count = ndimage.label(np.asarray(mask, dtype=bool), structure=_CONNECTIVITY_26)
+    """3D connected components with 26-connectivity: (labels 1..n, n). Labels only the mask's bounding box,
+    since lesions are small next to a whole CT."""
+    mask = np.asarray(mask, dtype=bool)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    if not mask.any():
+        return labels, 0
+    box = _bounding_box(mask)
+    labels[box], count = ndimage.label(mask[box], structure=_CONNECTIVITY_26)
     return labels, int(count)
 
 
@@ -446,12 +460,17 @@ def lesion_table(
     if ct_hu is not None and np.shape(ct_hu) != label.shape:
         raise ValueError(f"CT shape {np.shape(ct_hu)} differs from label shape {label.shape}")
     ids = np.arange(1, count + 1)
-    voxels = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     voxel_ml = float(np.prod(_zyx(spacing))) / 1000.0
     diameters = axial_diameters(labels, count, spacing)
-    hu = ndimage.mean(ct_hu, labels, ids) if ct_hu is not None else np.full(count, np.nan)
-    centres_zyx = np.asarray(ndimage.center_of_mass(labels > 0, labels, ids), dtype=float).reshape(count, 3)
-    centres_ijk = centres_zyx[:, ::-1]
+    zyx = np.nonzero(labels)
+    owner = labels[zyx]
+    voxels = np.bincount(owner, minlength=count + 1)[1:]
+
+    def per_lesion_mean(values: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=count + 1)[1:] / voxels
+
+    hu = per_lesion_mean(np.asarray(ct_hu)[zyx]) if ct_hu is not None else np.full(count, np.nan)
+    centres_ijk = np.stack([per_lesion_mean(zyx[axis].astype(float)) for axis in (2, 1, 0)], axis=1)
     matrix = np.asarray(direction, dtype=float).reshape(3, 3)
     centres_lps = (
         np.asarray(origin, dtype=float) + (centres_ijk * np.asarray(spacing, dtype=float)) @ matrix.T
