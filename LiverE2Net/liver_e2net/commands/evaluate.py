@@ -70,11 +70,10 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def segment_cases(model: str, data: Path, output: Path) -> list[evaluation.CaseFiles]:
+def segment_cases(model: str, data: Path, output: Path, device: str = "auto") -> list[evaluation.CaseFiles]:
     """Segments every CT of `data` that has a reference label map into output/<case>_pred.nii.gz."""
-    from ..pipeline import (
-        segment_file,
-    )  # written separately; imported here so `evaluate --pred` never needs it
+    from ..io import read_ct, write_labelmap
+    from ..pipeline import Segmenter
 
     references, cts = evaluation.scan_folder(data)
     if not references:
@@ -83,10 +82,12 @@ def segment_cases(model: str, data: Path, output: Path) -> list[evaluation.CaseF
     if missing:
         names = ", ".join(references[name].name for name in missing)
         raise UserInputError(f"no CT (<case>_ct.nii.gz or <case>_0000.nii.gz) in {data} for: {names}")
+    segmenter = Segmenter(model, device=device)  # loaded once for all cases
     cases = []
     for name in sorted(references):
         prediction = output / f"{name}_pred.nii.gz"
         log.info("segmenting %s", cts[name])
-        segment_file(cts[name], prediction, model=model, device="auto")
+        ct = read_ct(cts[name])
+        write_labelmap(segmenter.segment(ct).label, ct, prediction)
         cases.append(evaluation.CaseFiles(name, prediction, references[name], cts[name]))
     return cases
