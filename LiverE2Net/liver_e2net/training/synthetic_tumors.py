@@ -24,7 +24,7 @@ enough for a data loader.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -35,7 +35,7 @@ from ..errors import UserInputError
 LIVER, TUMOR = 1, 2
 TUMOR_KINDS = ("hypodense", "hyperdense", "rim")
 _VESSEL_SMOOTH_MM = 1.0  # smoothing before the vessel threshold, so that CT noise is not taken for vessels
-_BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces the CT below this scale and keeps the scanner noise above it
+_BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces CT structure coarser than this and keeps the finer noise
 _PERCENTILE_SAMPLES = 200_000  # liver voxels used to estimate the vessel threshold
 
 
@@ -52,7 +52,7 @@ class SyntheticTumorConfig:
     size_classes_mm: tuple[tuple[float, float], ...] = ((3.0, 5.0), (5.0, 10.0), (10.0, 25.0), (25.0, 60.0))
     size_class_weights: tuple[float, ...] = (0.2, 0.35, 0.3, 0.15)
     axis_ratio_range: tuple[float, float] = (0.75, 1.25)  # per-axis ratio before normalising the volume
-    warp_strength: float = 0.12  # elastic displacement, as a fraction of the radius (capped at 2x per axis)
+    warp_strength: float = 0.12  # elastic displacement (std), as a fraction of the radius; below 0.25
     warp_points: int = 5  # control points per axis of the displacement grid: lobulation scale
     kind_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)  # hypodense, hyperdense, rim
     hypodense_hu: tuple[float, float] = (-80.0, -20.0)
@@ -63,7 +63,7 @@ class SyntheticTumorConfig:
     texture_scale_mm: float = 4.0  # grain of the texture: spacing of the noise before upsampling
     edge_blur_mm: float = 1.0  # Gaussian sigma of the soft edge (at most a sixth of the diameter)
     mass_effect_probability: float = 0.5
-    mass_effect_max_mm: float = 2.0  # push at the tumor surface for a tumor of 30 mm or more
+    mass_effect_max_mm: float = 2.0  # largest push at the tumor surface (tumors of 30 mm or more)
     mass_effect_extent_mm: float = 6.0  # the push fades to zero at this distance from the tumor
     liver_margin_mm: float = 3.0
     allow_border: bool = False  # True: tumors may touch the liver border (still wholly inside the liver)
@@ -77,9 +77,15 @@ class SyntheticTumorConfig:
         if not 1 <= low <= high:
             raise UserInputError(f"tumor count range {self.count_range} must satisfy 1 <= min <= max")
         if len(self.size_classes_mm) != len(self.size_class_weights) or not self.size_classes_mm:
-            raise UserInputError("size_classes_mm and size_class_weights must be non-empty and of equal length")
+            raise UserInputError(
+                "size_classes_mm and size_class_weights must be non-empty and of equal length"
+            )
         if any(not 0 < lo <= hi for lo, hi in self.size_classes_mm):
             raise UserInputError(f"tumor diameters {self.size_classes_mm} must be positive (min, max) pairs")
+        if not 0 <= self.warp_strength < 0.25:
+            raise UserInputError(
+                f"warp_strength {self.warp_strength} must lie in [0, 0.25) to keep tumors whole"
+            )
         if not 0 < self.shrink_factor < 1:
             raise UserInputError(f"shrink_factor {self.shrink_factor} must lie in (0, 1)")
 
@@ -120,14 +126,14 @@ class _Appearance:
 
 @dataclass(frozen=True)
 class _Shape:
-    """A tumor drawn in its own box: `half` voxels either side of the centre voxel."""
+    """A tumor drawn in its own box; `origin` is the index of the tumor centre inside that box."""
 
-    half: np.ndarray
+    origin: np.ndarray
     core: np.ndarray  # voxels that become label 2
     alpha: np.ndarray  # blend weight of the tumor intensity
     distance_mm: np.ndarray  # distance to the nearest core voxel
-    depth_mm: np.ndarray  # distance inside the core to its edge (rim profile)
     offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray]  # broadcastable z, y, x offsets from the centre
+    core_bounds: tuple[tuple[int, int], ...]  # first and last core index per axis, in box coordinates
 
 
 def insert_tumors(
@@ -156,38 +162,60 @@ def insert_tumors_slab(
     return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=True)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """The arrays being painted in place, and what every placement needs to know about them."""
+
+    ct: np.ndarray
+    label: np.ndarray
+    spacing_zyx: np.ndarray
+    liver_flat: np.ndarray  # flat indices of tumor-free liver voxels: the candidate centres
+    vessel_threshold: float
+    open_z: bool
+
+
 def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool):
     spacing_zyx = _check_inputs(ct, label, spacing)
     liver_flat = np.flatnonzero(label.reshape(-1) == LIVER)
     _check_liver_size(label, liver_flat, spacing_zyx, config, open_z)
-    vessel_threshold = _vessel_threshold(ct, liver_flat, config.vessel_percentile)
-    out_ct, out_label = ct.copy(), label.copy()
+    threshold = _vessel_threshold(ct, liver_flat, config.vessel_percentile)
+    target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z)
     records = []
     for _ in range(int(rng.integers(config.count_range[0], config.count_range[1] + 1))):
-        appearance = _draw_appearance(rng, config)
-        diameter = _draw_diameter(rng, config)
-        while diameter >= config.min_diameter_mm:
-            shape = _tumor_shape(diameter, spacing_zyx, rng, config)
-            centre = _find_centre(shape, out_ct, out_label, liver_flat, vessel_threshold, spacing_zyx, rng, config, open_z)
-            if centre is not None:
-                _paint(out_ct, out_label, shape, centre, appearance, spacing_zyx, rng, config)
-                records.append(
-                    TumorRecord(centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, appearance.mass_effect_mm)
-                )
-                break
-            diameter *= config.shrink_factor
+        record = _place_one(target, rng, config)
+        if record is not None:
+            records.append(record)
     if not records:
         raise UserInputError(
             f"could not place any synthetic tumor of {config.min_diameter_mm:g} mm or more: the liver is too "
             f"crowded by tumors, vessels or its border (liver margin {config.liver_margin_mm:g} mm)"
         )
-    return out_ct, out_label, records
+    return target.ct, target.label, records
+
+
+def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumorConfig) -> TumorRecord | None:
+    """Draw one tumor and paint it; shrink it while no centre satisfies the placement rules."""
+    appearance = _draw_appearance(rng, config)
+    diameter = _draw_diameter(rng, config)
+    while diameter >= config.min_diameter_mm:
+        shape = _tumor_shape(diameter, target.spacing_zyx, rng, config)
+        centre = _find_centre(shape, target, rng, config)
+        if centre is not None:
+            # Small tumors barely displace anything: the push grows with size up to 30 mm.
+            push = round(appearance.mass_effect_mm * min(1.0, diameter / 30.0), 2)
+            appearance = replace(appearance, mass_effect_mm=push)
+            _paint(target, shape, centre, appearance, rng, config)
+            return TumorRecord(centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, push)
+        diameter *= config.shrink_factor
+    return None
 
 
 def _check_inputs(ct: np.ndarray, label: np.ndarray, spacing) -> np.ndarray:
     """Fail early, naming the offending value, and turn (x, y, z) spacing into array (z, y, x) order."""
     if ct.shape != label.shape:
-        raise UserInputError(f"CT shape {ct.shape} and label shape {label.shape} (z, y, x) differ: they must match")
+        raise UserInputError(
+            f"CT shape {ct.shape} and label shape {label.shape} (z, y, x) differ: they must match"
+        )
     if ct.ndim != 3:
         raise UserInputError(f"expected 3D arrays [z, y, x], got shape {ct.shape}")
     if len(spacing) != 3 or min(spacing) <= 0:
@@ -232,52 +260,87 @@ def _draw_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> 
     kind = TUMOR_KINDS[int(rng.choice(len(TUMOR_KINDS), p=weights / weights.sum()))]
     contrast = rng.uniform(*(config.hyperdense_hu if kind == "hyperdense" else config.hypodense_hu))
     rim = rng.uniform(*config.rim_hu) if kind == "rim" else contrast
-    push = rng.uniform(0.5, 1.0) * config.mass_effect_max_mm if rng.random() < config.mass_effect_probability else 0.0
-    return _Appearance(kind, round(float(contrast), 2), float(rim), round(float(push), 2))
+    push = (
+        rng.uniform(0.5, 1.0) * config.mass_effect_max_mm
+        if rng.random() < config.mass_effect_probability
+        else 0.0
+    )
+    return _Appearance(kind, round(float(contrast), 2), float(rim), float(push))
 
 
 def _tumor_shape(diameter_mm: float, spacing_zyx: np.ndarray, rng: np.random.Generator, config) -> _Shape:
-    """Warped, rotated ellipsoid of volume-equivalent `diameter_mm`, with its soft edge and distance maps."""
+    """Warped, rotated ellipsoid of volume-equivalent `diameter_mm`, with its soft edge and distance map."""
+    inside, origin = _warped_ellipsoid(diameter_mm, spacing_zyx, rng, config)
+    # The box is cropped to the drawn shape plus the widest margin, so filters run on as few voxels as possible.
+    pad_mm = max(config.change_margin_mm, config.liver_margin_mm, config.vessel_margin_mm)
+    pad = np.ceil(pad_mm / spacing_zyx).astype(int) + 1
+    bounds = _bounds(inside)
+    crop = tuple(slice(first, last + 1) for first, last in bounds)
+    inside = np.pad(inside[crop], [(p, p) for p in pad])
+    origin = origin - [first for first, _ in bounds] + pad
+    sigma_mm = min(config.edge_blur_mm, diameter_mm / 6)
+    alpha = ndimage.gaussian_filter(inside.astype(np.float32), sigma_mm / spacing_zyx, truncate=2.0)
+    core = alpha >= 0.5 * alpha.max()  # half maximum: a tumor finer than the voxels keeps its peak voxel
+    distance = ndimage.distance_transform_edt(~core, sampling=spacing_zyx).astype(np.float32)
+    alpha[distance > config.blur_margin_mm] = 0
+    return _Shape(origin, core, alpha, distance, _offsets_mm(core.shape, origin, spacing_zyx), _bounds(core))
+
+
+def _warped_ellipsoid(
+    diameter_mm: float, spacing_zyx, rng: np.random.Generator, config
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask of the ellipsoid after the elastic warp, in a box large enough for any warp, and its centre index."""
     ratios = rng.uniform(*config.axis_ratio_range, size=3)
     axes_mm = diameter_mm / 2 * ratios / np.cbrt(np.prod(ratios))
     rotation = Rotation.from_quat(rng.standard_normal(4)).as_matrix()
-    reach_mm = axes_mm.max() * (1 + np.sqrt(3) * config.warp_strength)
-    pad_mm = max(config.change_margin_mm, config.liver_margin_mm, config.vessel_margin_mm)
-    half = np.ceil((reach_mm + pad_mm) / spacing_zyx).astype(int) + 1
-    offsets = tuple(
-        (np.arange(-h, h + 1) * s).reshape([-1 if a == axis else 1 for a in range(3)])
-        for axis, (h, s) in enumerate(zip(half, spacing_zyx, strict=True))
-    )
-    box = tuple(2 * half + 1)
+    reach_mm = axes_mm.max() * (1 + 2 * np.sqrt(3) * config.warp_strength)
+    origin = np.ceil(reach_mm / spacing_zyx).astype(int) + 1
+    box = tuple(2 * origin + 1)
+    offsets = _offsets_mm(box, origin, spacing_zyx)
     squared = np.zeros(box, dtype=np.float32)
     for row, axis_mm in zip(rotation, axes_mm, strict=True):
-        warp = np.clip(config.warp_strength * _smooth_noise(box, (config.warp_points,) * 3, rng), -2, 2)
+        warp = config.warp_strength * np.clip(_smooth_noise(box, (config.warp_points,) * 3, rng), -2, 2)
         squared += ((row[0] * offsets[0] + row[1] * offsets[1] + row[2] * offsets[2]) / axis_mm + warp) ** 2
-    sigma_mm = min(config.edge_blur_mm, diameter_mm / 6)
-    alpha = ndimage.gaussian_filter((squared <= 1).astype(np.float32), sigma_mm / spacing_zyx, truncate=2.0)
-    core = alpha >= 0.5
-    distance = ndimage.distance_transform_edt(~core, sampling=spacing_zyx).astype(np.float32)
-    depth = ndimage.distance_transform_edt(core, sampling=spacing_zyx).astype(np.float32)
-    alpha[distance > config.blur_margin_mm] = 0
-    return _Shape(half, core, alpha, distance, depth, offsets)
+    return squared <= 1, origin
 
 
-def _smooth_noise(shape: tuple[int, ...], coarse_shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _offsets_mm(box, origin, spacing_zyx) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Broadcastable z, y, x distances in mm from the centre voxel of a box."""
+    return tuple(
+        ((np.arange(n) - o) * s).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(3)])
+        for axis, (n, o, s) in enumerate(zip(box, origin, spacing_zyx, strict=True))
+    )
+
+
+def _bounds(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """First and last index of a non-empty mask along z, y, x."""
+    bounds = []
+    for other in ((1, 2), (0, 2), (0, 1)):
+        indices = np.flatnonzero(np.any(mask, axis=other))
+        bounds.append((int(indices[0]), int(indices[-1])))
+    return tuple(bounds)
+
+
+def _smooth_noise(
+    shape: tuple[int, ...], coarse_shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
     """Gaussian noise on a coarse grid, cubic-spline upsampled to `shape`: smooth, random, unit scale."""
-    field = rng.standard_normal(coarse_shape)
+    field = rng.standard_normal(coarse_shape, dtype=np.float32)
     for axis, size in enumerate(shape):
         # A 3D spline zoom is the product of 1D zooms; applying them axis by axis is ~50x faster.
-        weights = ndimage.zoom(np.eye(field.shape[axis]), (size / field.shape[axis], 1), order=3)
+        weights = ndimage.zoom(
+            np.eye(field.shape[axis], dtype=np.float32), (size / field.shape[axis], 1), order=3
+        )
         field = np.moveaxis(np.tensordot(weights, field, axes=([1], [axis])), 0, axis)
-    return field.astype(np.float32)
+    return field
 
 
-def _box_slices(centre, half, volume_shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+def _box_slices(centre, shape: _Shape, volume_shape) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
     """Slices of the volume and of the tumor box for their overlap (the box may cross the volume edge)."""
-    lows = [c - h for c, h in zip(centre, half, strict=True)]
     volume, local = [], []
-    for low, h, size in zip(lows, half, volume_shape, strict=True):
-        start, stop = max(low, 0), min(low + 2 * h + 1, size)
+    for c, o, n, size in zip(centre, shape.origin, shape.core.shape, volume_shape, strict=True):
+        low = c - o
+        start, stop = max(low, 0), min(low + n, size)
         volume.append(slice(start, stop))
         local.append(slice(start - low, stop - low))
     return tuple(volume), tuple(local)
@@ -285,28 +348,29 @@ def _box_slices(centre, half, volume_shape) -> tuple[tuple[slice, ...], tuple[sl
 
 def _fits_volume(shape: _Shape, centre, volume_shape, open_z: bool) -> bool:
     """The whole core must lie inside the volume (a slab may cut it at its top and bottom faces)."""
-    for axis, positions in enumerate(np.nonzero(np.any(shape.core, axis=other)) for other in ((1, 2), (0, 2), (0, 1))):
-        if open_z and axis == 0:
-            continue
-        low = centre[axis] - shape.half[axis]
-        if low + positions[0].min() < 0 or low + positions[0].max() >= volume_shape[axis]:
+    for axis in range(1 if open_z else 0, 3):
+        low = centre[axis] - shape.origin[axis]
+        first, last = shape.core_bounds[axis]
+        if low + first < 0 or low + last >= volume_shape[axis]:
             return False
     return True
 
 
-def _find_centre(shape: _Shape, ct, label, liver_flat, vessel_threshold, spacing_zyx, rng, config, open_z):
+def _find_centre(shape: _Shape, target: _Target, rng: np.random.Generator, config) -> tuple[int, ...] | None:
     """Try random liver voxels as centre; return the first where every placement rule holds."""
+    volume_shape = target.label.shape
     for _ in range(config.max_tries):
-        centre = tuple(int(c) for c in np.unravel_index(liver_flat[rng.integers(liver_flat.size)], label.shape))
-        if not _fits_volume(shape, centre, label.shape, open_z):
+        flat = target.liver_flat[rng.integers(target.liver_flat.size)]
+        centre = tuple(int(c) for c in np.unravel_index(flat, volume_shape))
+        if not _fits_volume(shape, centre, volume_shape, target.open_z):
             continue
-        volume, local = _box_slices(centre, shape.half, label.shape)
-        if _allowed(shape, local, ct[volume], label[volume], vessel_threshold, spacing_zyx, config):
+        volume, local = _box_slices(centre, shape, volume_shape)
+        if _allowed(shape, local, target.ct[volume], target.label[volume], target, config):
             return centre
     return None
 
 
-def _allowed(shape: _Shape, local, ct_box, label_box, vessel_threshold, spacing_zyx, config) -> bool:
+def _allowed(shape: _Shape, local, ct_box, label_box, target: _Target, config) -> bool:
     """Placement rules: inside the liver (with margin), clear of tumors and of vessels."""
     core, distance = shape.core[local], shape.distance_mm[local]
     if np.any(label_box[core] != LIVER):
@@ -315,27 +379,37 @@ def _allowed(shape: _Shape, local, ct_box, label_box, vessel_threshold, spacing_
         return False
     if np.any(label_box[distance <= config.change_margin_mm] == TUMOR):
         return False
-    smooth = ndimage.gaussian_filter(ct_box.astype(np.float32), _VESSEL_SMOOTH_MM / spacing_zyx, truncate=2.0)
+    sigma = _VESSEL_SMOOTH_MM / target.spacing_zyx
+    smooth = ndimage.gaussian_filter(ct_box.astype(np.float32), sigma, truncate=2.0)
     near = distance <= config.vessel_margin_mm
-    return not np.any((smooth[near] > vessel_threshold) & (label_box[near] == LIVER))
+    return not np.any((smooth[near] > target.vessel_threshold) & (label_box[near] == LIVER))
 
 
-def _paint(ct, label, shape: _Shape, centre, appearance: _Appearance, spacing_zyx, rng, config) -> None:
-    """Blend the tumor into ct and label in place, inside its box and on liver voxels only."""
-    volume, local = _box_slices(centre, shape.half, label.shape)
-    label_box = label[volume]
+def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng, config) -> None:
+    """Blend the tumor into the target's CT and label in place, inside its box and on liver voxels only."""
+    ct, spacing_zyx = target.ct, target.spacing_zyx
+    volume, local = _box_slices(centre, shape, ct.shape)
+    label_box = target.label[volume]
     liver = label_box == LIVER
     core, alpha, distance = shape.core[local], shape.alpha[local], shape.distance_mm[local]
     original = ct[volume].astype(np.float32)
     liver_median = float(np.median(original[liver & ~core]))
     pushed = _mass_effect(original, shape, local, appearance.mass_effect_mm, spacing_zyx, config)
     background = ndimage.gaussian_filter(pushed, _BACKGROUND_SMOOTH_MM / spacing_zyx, truncate=2.0)
-    texture_cells = tuple(int(np.ceil(n * s / config.texture_scale_mm)) + 2 for n, s in zip(core.shape, spacing_zyx, strict=True))
+    texture_cells = tuple(
+        int(np.ceil(n * s / config.texture_scale_mm)) + 2
+        for n, s in zip(core.shape, spacing_zyx, strict=True)
+    )
     texture = config.texture_std_hu * _unit_std(_smooth_noise(core.shape, texture_cells, rng))
-    rim = np.exp(-((shape.depth_mm[local] / config.rim_width_mm) ** 2))
-    contrast = appearance.contrast_hu + (appearance.rim_hu - appearance.contrast_hu) * rim
+    contrast = appearance.contrast_hu
+    if appearance.kind == "rim":
+        depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]
+        contrast = contrast + (appearance.rim_hu - contrast) * np.exp(-((depth / config.rim_width_mm) ** 2))
     tumor = pushed + alpha * (liver_median + contrast + texture - background)
-    changed = liver & (alpha > 0) | liver & (distance < config.mass_effect_extent_mm) & (appearance.mass_effect_mm > 0)
+    reached = alpha > 0
+    if appearance.mass_effect_mm > 0:
+        reached |= distance < config.mass_effect_extent_mm
+    changed = liver & reached
     ct[volume] = np.where(changed, _to_dtype(tumor, ct.dtype), ct[volume])
     label_box[core] = TUMOR
 
@@ -348,14 +422,10 @@ def _mass_effect(ct_box: np.ndarray, shape: _Shape, local, push_mm: float, spaci
     fade = 0.5 * (1 + np.cos(np.pi * np.minimum(distance / config.mass_effect_extent_mm, 1.0)))
     offsets = [np.broadcast_to(o, shape.core.shape)[local] for o in shape.offsets_mm]
     radius = np.sqrt(sum(o**2 for o in offsets)) + 1e-6
-    scale = push_mm * fade * min(1.0, _equivalent_diameter_mm(shape, spacing_zyx) / 30.0) / radius
+    scale = push_mm * fade / radius
     grid = np.indices(ct_box.shape, dtype=np.float32)
     source = [g - scale * o / s for g, o, s in zip(grid, offsets, spacing_zyx, strict=True)]
     return ndimage.map_coordinates(ct_box, source, order=1, mode="nearest")
-
-
-def _equivalent_diameter_mm(shape: _Shape, spacing_zyx) -> float:
-    return float(np.cbrt(6 / np.pi * shape.core.sum() * np.prod(spacing_zyx)))
 
 
 def _unit_std(field: np.ndarray) -> np.ndarray:
