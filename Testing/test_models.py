@@ -73,3 +73,21 @@ def test_config_json_round_trip_and_typos() -> None:
     data["stage2"]["decoder_chanels"] = 8
     with pytest.raises(ValueError, match="decoder_chanels"):
         ModelConfig.from_dict(data)
+
+
+def test_batchnorm_fusion_keeps_the_output() -> None:
+    from liver_e2net.models.fusion import fuse_batchnorm
+
+    torch.manual_seed(1)
+    network = build_network(lite_config().stage2)
+    network.train()
+    with torch.no_grad():  # a few training-mode passes give BatchNorm non-trivial running statistics
+        for _ in range(3):
+            network(torch.randn(4, 1, 64, 64))
+    network.eval()
+    x = torch.randn(2, 1, 64, 64)
+    with torch.inference_mode():
+        expected = network(x).s2
+        fused = fuse_batchnorm(network)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+        assert torch.allclose(fused(x).s2, expected, atol=1e-4)

@@ -18,6 +18,7 @@ from .devices import autocast_dtype, configure_threads, resolve_device
 from .errors import UserInputError
 from .io import Volume
 from .models import segmentation_logits
+from .models.fusion import fuse_batchnorm
 from .postprocessing import compose_label, largest_component
 from .preprocessing import (
     Box,
@@ -93,7 +94,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.threads = configure_threads(threads) if self.device.type == "cpu" else torch.get_num_threads()
         self.stage1, self.stage2 = (
-            n.to(memory_format=torch.channels_last) for n in self.checkpoint.build(self.device)
+            fuse_batchnorm(n).to(memory_format=torch.channels_last) for n in self.checkpoint.build(self.device)
         )
         self.autocast = autocast_dtype(self.device)
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
