@@ -1,0 +1,160 @@
+"""`liver-e2net train`: train both stages on CT + label pairs into an output folder (also under torchrun)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from ..config import CONFIGS
+from ..errors import UserInputError
+from ..progress import make_reporter
+
+# Options that become TrainConfig fields (None = not given, so a resumed run can tell what was asked for).
+CONFIG_OPTIONS = (
+    "epochs",
+    "steps_per_epoch",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "val_cases",
+    "val_fraction",
+    "synthetic_tumors",
+    "stages",
+    "seed",
+)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train the two-stage model on CT + label pairs",
+        description="Train stage 1 (coarse liver) and stage 2 (E2Net liver + tumor) on CT volumes with labels "
+        "{0 background, 1 liver, 2 tumor}. Writes best.pt, last.pt, trainer_state.pt, metrics.jsonl "
+        "and train.log to the output folder. Runs under torchrun --nproc_per_node=N as well.",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="DIR_OR_JSON",
+        help="folder with imagesTr/ + labelsTr/ (nnU-Net style), or a JSON list of "
+        '{"image": ..., "label": ...}; repeatable',
+    )
+    data.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        nargs=2,
+        metavar=("CT", "LABEL"),
+        help="one CT (file or DICOM folder) and its label map or .seg.nrrd; repeatable",
+    )
+    data.add_argument("--val-cases", type=_names, help="comma-separated validation case names")
+    data.add_argument(
+        "--val-fraction", type=float, help="share of cases held out for validation (default 0.2)"
+    )
+    data.add_argument(
+        "--cache", metavar="DIR", help="preprocessed-case cache (default ~/.cache/liver-e2net/training)"
+    )
+    model = parser.add_argument_group("model and run")
+    model.add_argument("--config", choices=sorted(CONFIGS), help="model config for a new run (default lite)")
+    model.add_argument("-o", "--output", metavar="DIR", help="output folder (must not hold a run already)")
+    model.add_argument(
+        "--init", metavar="MODEL.pt", help="fine-tune from this checkpoint (its config is used)"
+    )
+    model.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
+    model.add_argument("--stages", type=_stages, help="stages to train: 1, 2 or 1,2 (default)")
+    optimisation = parser.add_argument_group("optimisation")
+    optimisation.add_argument("--epochs", type=int, help="at most this many epochs per stage (default 100)")
+    optimisation.add_argument(
+        "--steps-per-epoch", type=int, help="default: one pass over the training slices"
+    )
+    optimisation.add_argument("--batch-size", type=int, help="per process (default 8)")
+    optimisation.add_argument("--optimizer", choices=["sgd", "adamw"], help="sgd (paper, default) or adamw")
+    optimisation.add_argument("--lr", type=float, help="initial learning rate (default 0.01 sgd, 1e-3 adamw)")
+    optimisation.add_argument(
+        "--synthetic-tumors",
+        type=float,
+        metavar="P",
+        help="probability of painting synthetic tumors into a stage-2 sample (default 0)",
+    )
+    optimisation.add_argument(
+        "--seed", type=int, help="seed of the split, initial weights and samples (default 0)"
+    )
+    runtime = parser.add_argument_group("runtime")
+    runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    runtime.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
+    runtime.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
+    runtime.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "bar", "jsonl", "none"],
+        help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..config import get_config
+    from ..devices import available_cores, configure_threads
+    from ..training import CasePaths, TrainConfig, discover, read_state, train
+    from ..training.config import DEFAULT_LR
+    from ..training.sources import case_name
+
+    if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
+        raise UserInputError("--resume DIR writes into DIR; leave out -o/--output or give the same folder")
+    output = args.resume or args.output
+    if not output:
+        raise UserInputError("give an output folder with -o/--output DIR (or --resume DIR)")
+    sources = [case for folder in args.data for case in discover(folder)]
+    sources += [CasePaths(case_name(Path(ct)), Path(ct), Path(label)) for ct, label in args.case]
+    overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
+    if "optimizer" in overrides and "lr" not in overrides:
+        overrides["lr"] = DEFAULT_LR[overrides["optimizer"]]
+    if args.resume:
+        base = TrainConfig.from_dict(read_state(args.resume)["train_config"])
+    else:
+        base = TrainConfig(model=args.config or "lite")
+    config = dataclasses.replace(base, **overrides)
+    configure_threads(
+        args.threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    )
+    progress = make_reporter(args.progress)
+    try:
+        result = train(
+            sources or None,
+            output,
+            config,
+            model_config=get_config(args.config) if args.config else None,
+            init=args.init,
+            resume=bool(args.resume),
+            device=args.device,
+            workers=args.workers,
+            cache=args.cache,
+            progress=progress,
+            command_line=shlex.join(["liver-e2net", *sys.argv[1:]]),
+        )
+    finally:
+        if hasattr(progress, "close"):
+            progress.close()
+    if result.exit_code:
+        print(f"liver-e2net train: {result.message}", file=sys.stderr)
+    return result.exit_code
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1, 2 or 1,2") from None
+    if not stages or not set(stages) <= {1, 2}:
+        raise argparse.ArgumentTypeError(f"{text!r}: use 1, 2 or 1,2")
+    return stages

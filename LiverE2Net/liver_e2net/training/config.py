@@ -1,0 +1,98 @@
+"""TrainConfig: every choice that shapes a training run, frozen and stored in the checkpoint metadata.
+
+Runtime choices that do not change the result (device, data-loader workers, progress mode, cache folder)
+are not part of it, so a run resumed on another machine keeps its config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import _from_dict
+from ..errors import UserInputError
+
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """CT augmentation. Flips are off by default: the liver lies on the patient's right, so a mirrored slice
+    shows anatomy the network never meets at inference; small rotations, scalings and shifts do occur."""
+
+    enabled: bool = True
+    rotation_deg: float = 15.0
+    scale: tuple[float, float] = (0.85, 1.15)
+    translate: float = 0.05  # fraction of the image size, per axis
+    flip_lr: bool = False
+    hu_shift: float = 20.0  # HU, added before windowing (scanner calibration, contrast timing)
+    hu_scale: tuple[float, float] = (0.9, 1.1)  # contrast, about the HU window centre
+    noise_probability: float = 0.5
+    noise_std: float = 0.03  # in the normalised [-1, 1] units: 0.03 is ~5 HU for the default window
+    blur_probability: float = 0.2
+    blur_sigma: tuple[float, float] = (
+        0.3,
+        1.0,
+    )  # pixels at network resolution (softer reconstruction kernels)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "lite"  # ModelConfig name; the full ModelConfig is stored in the checkpoint itself
+    stages: tuple[int, ...] = (1, 2)
+    epochs: int = 100  # cap per stage; the plateau schedule usually stops earlier
+    steps_per_epoch: int | None = None  # None: one pass over the training slices
+    batch_size: int = 8  # per process
+    optimizer: str = "sgd"
+    lr: float = DEFAULT_LR["sgd"]
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    patience: int = 5  # epochs without a lower validation loss before the learning rate is divided by 10
+    lr_drops: int = 2  # paper: stop once the loss plateaus again after two drops
+    val_cases: tuple[str, ...] = ()
+    val_fraction: float = 0.2
+    synthetic_tumors: float = 0.0  # probability per stage-2 sample
+    seed: int = 0
+    stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
+    stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
+    stage2_extra_slices: int = 2  # slices above and below the liver box also used in stage 2
+    tumor_slice_fraction: float = 0.5  # share of a tumor case's stage-2 samples drawn from tumor slices
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (set(self.stages) <= {1, 2} and len(self.stages) > 0, f"--stages {self.stages}: use 1, 2 or 1,2"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
+            (
+                self.steps_per_epoch is None or self.steps_per_epoch >= 1,
+                f"--steps-per-epoch {self.steps_per_epoch}: must be >= 1",
+            ),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
+            (
+                self.optimizer in DEFAULT_LR,
+                f"--optimizer {self.optimizer!r}: use one of {sorted(DEFAULT_LR)}",
+            ),
+            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (self.patience >= 1, f"patience {self.patience}: must be >= 1"),
+            (0 < self.val_fraction < 1, f"--val-fraction {self.val_fraction}: must be between 0 and 1"),
+            (
+                0 <= self.synthetic_tumors <= 1,
+                f"--synthetic-tumors {self.synthetic_tumors}: a probability in [0, 1]",
+            ),
+            (0 <= self.tumor_slice_fraction <= 1, "tumor_slice_fraction must be in [0, 1]"),
+            (
+                0 <= self.stage2_pad_native[0] <= self.stage2_pad_native[1],
+                "stage2_pad_native must be (low, high)",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserInputError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _from_dict(cls, data)

@@ -1,0 +1,187 @@
+"""Training samples of both stages, made from cached cases exactly as inference makes its network inputs.
+
+Sample `i` of epoch `e` depends only on (seed, stage, e, i): its numpy Generator picks the slice and drives
+every augmentation, so results do not depend on the number of workers or processes, and a run resumed in the
+middle of an epoch sees the very samples it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from ..config import ModelConfig
+from ..errors import UserInputError
+from ..preprocessing import normalize_hu, resize, stage1_size
+from .augment import adjust_hu, noise_and_blur, random_affine, warp
+from .cache import CachedCase
+from .config import TrainConfig
+from .synthetic_tumors import SyntheticTumorConfig, insert_tumors_slab
+from .targets import edge_targets
+
+log = logging.getLogger("liver_e2net.training")
+
+STRIDE = 32  # the networks downsample 32 times
+SYNTHETIC_SLAB_HALF = 2  # slices either side of the sample's slice given to the 3D tumor painter
+
+
+class EpochSampler(Sampler[int]):
+    """This process's share of one epoch's sample indices: global step k uses indices [k B W, (k+1) B W)."""
+
+    def __init__(self, steps: int, batch_size: int, rank: int = 0, world_size: int = 1, start_step: int = 0):
+        self.indices = range(
+            start_step * batch_size * world_size + rank, steps * batch_size * world_size, world_size
+        )
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _Samples(Dataset):
+    stage = 0
+
+    def __init__(self, cases: list[CachedCase], model_config: ModelConfig, train_config: TrainConfig):
+        self.cases = cases
+        self.prep = model_config.preprocessing
+        self.config = train_config
+        self.epoch = 0  # set by the trainer before each epoch's iterator is created
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.config.seed, self.stage, self.epoch, index])
+
+    def _hu(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """HU (augmented) -> normalised float32, as inference's normalize_hu."""
+        if self.config.augment.enabled:
+            hu = adjust_hu(hu, rng, self.config.augment, self.prep.hu_window)
+        return normalize_hu(hu, self.prep.hu_window)
+
+    def _geometry_and_noise(
+        self, image: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image (1, H, W), float masks (C, H, W) -> augmented; masks stay soft until the caller thresholds."""
+        if not self.config.augment.enabled:
+            return image, masks
+        image, masks = warp(image, masks, random_affine(rng, self.config.augment, *image.shape[-2:]))
+        return noise_and_blur(image, rng, self.config.augment), masks
+
+
+class Stage1Samples(_Samples):
+    """Random axial slices of whole CTs on the stage-1 grid, randomly cropped: (image, liver) (1, P, P) each.
+
+    The paper crops 448 x 448 of 512 x 512 native slices; here the crop covers the same field of view on the
+    stage-1 grid (rounded to the network stride), or the whole slice when that is smaller, padded with air to
+    the largest crop of the training set so samples of different cases batch together.
+    """
+
+    stage = 1
+
+    def __init__(self, cases: list[CachedCase], model_config: ModelConfig, train_config: TrainConfig):
+        super().__init__(cases, model_config, train_config)
+        self.grid, self.crop = [], []
+        for case in cases:
+            spacing_yx = (case.spacing[1], case.spacing[0])
+            grid = stage1_size(case.shape[1:], spacing_yx, self.prep.stage1_pixel_mm)
+            field = [
+                _round_stride(train_config.stage1_crop_native * s / self.prep.stage1_pixel_mm)
+                for s in spacing_yx
+            ]
+            self.grid.append(grid)
+            self.crop.append(tuple(min(g, f) for g, f in zip(grid, field)))
+        self.size = tuple(max(crop[axis] for crop in self.crop) for axis in (0, 1))  # (P_h, P_w)
+        self.first_slice = np.cumsum([0] + [case.shape[0] for case in cases])
+
+    def __len__(self) -> int:
+        return int(self.first_slice[-1])  # all slices of all training cases
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng(index)
+        flat = int(rng.integers(len(self)))
+        case_index = int(np.searchsorted(self.first_slice, flat, side="right") - 1)
+        case, z = self.cases[case_index], flat - int(self.first_slice[case_index])
+        image = self._hu(case.ct[z], rng)
+        liver = (case.label[z] >= 1).astype(np.float32)
+        both = resize(torch.from_numpy(np.stack([image, liver]))[None], self.grid[case_index])[0]  # (2, h, w)
+        image, liver = self._geometry_and_noise(both[:1], both[1:], rng)
+        (crop_h, crop_w), (grid_h, grid_w) = self.crop[case_index], self.grid[case_index]
+        y0, x0 = int(rng.integers(grid_h - crop_h + 1)), int(rng.integers(grid_w - crop_w + 1))
+        image, liver = (t[:, y0 : y0 + crop_h, x0 : x0 + crop_w] for t in (image, liver))
+        return _pad(image, self.size, -1.0), _pad((liver > 0.5).float(), self.size, 0.0)
+
+
+class Stage2Samples(_Samples):
+    """Slices of the ground-truth 3D liver box padded by a random 10-60 native pixels per side, resized to
+    stage2_size: (image (1, S, S), masks (2, S, S) liver/tumor, edge maps (2, S, S)).
+
+    Slices come from the box and a few beyond it; tumor slices make up `tumor_slice_fraction` of a tumor
+    case's samples, and with probability `synthetic_tumors` tumors are painted into the sample's slab.
+    """
+
+    stage = 2
+
+    def __init__(self, cases: list[CachedCase], model_config: ModelConfig, train_config: TrainConfig):
+        super().__init__(cases, model_config, train_config)
+        extra = train_config.stage2_extra_slices
+        self.z_ranges = [
+            (max(0, c.liver_box.z0 - extra), min(c.shape[0], c.liver_box.z1 + extra)) for c in cases
+        ]
+        self.first_slice = np.cumsum([0] + [z1 - z0 for z0, z1 in self.z_ranges])
+        self.tumor_config = SyntheticTumorConfig()
+
+    def __len__(self) -> int:
+        return int(self.first_slice[-1])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = self.rng(index)
+        flat = int(rng.integers(len(self)))
+        case_index = int(np.searchsorted(self.first_slice, flat, side="right") - 1)
+        case = self.cases[case_index]
+        z = self.z_ranges[case_index][0] + flat - int(self.first_slice[case_index])
+        if case.tumor_slices and rng.random() < self.config.tumor_slice_fraction:
+            z = int(rng.choice(case.tumor_slices))
+        box = case.liver_box
+        low, high = self.config.stage2_pad_native
+        pad_y0, pad_y1, pad_x0, pad_x1 = rng.integers(low, high + 1, size=4)
+        rows = slice(max(0, box.y0 - pad_y0), min(case.shape[1], box.y1 + pad_y1))
+        columns = slice(max(0, box.x0 - pad_x0), min(case.shape[2], box.x1 + pad_x1))
+        hu, label = case.ct[z, rows, columns], case.label[z, rows, columns]
+        if self.config.synthetic_tumors > 0 and rng.random() < self.config.synthetic_tumors:
+            hu, label = self._synthetic(case, z, rows, columns, rng)
+        image = self._hu(hu, rng)
+        masks = np.stack([label >= 1, label == 2]).astype(np.float32)
+        size = (self.prep.stage2_size, self.prep.stage2_size)
+        stack = resize(torch.from_numpy(np.concatenate([image[None], masks]))[None], size)[0]  # (3, S, S)
+        image, masks = self._geometry_and_noise(stack[:1], stack[1:], rng)
+        masks = (masks > 0.5).float()
+        return image, masks, torch.from_numpy(edge_targets(masks.numpy().astype(bool)))
+
+    def _synthetic(
+        self, case: CachedCase, z: int, rows: slice, columns: slice, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The slice with synthetic tumors painted in 3D into a thin slab around it (hence cut by the slice)."""
+        z0, z1 = max(0, z - SYNTHETIC_SLAB_HALF), min(case.shape[0], z + SYNTHETIC_SLAB_HALF + 1)
+        ct, label = case.ct[z0:z1, rows, columns], case.label[z0:z1, rows, columns]
+        if not (label[z - z0] == 1).any():
+            return ct[z - z0], label[z - z0]
+        try:
+            ct, label, _ = insert_tumors_slab(ct, label, case.spacing, rng, self.tumor_config)
+        except UserInputError:  # too little liver (or room) in this slab: keep the real slice
+            pass
+        return ct[z - z0], label[z - z0]
+
+
+def _round_stride(pixels: float) -> int:
+    return max(STRIDE, int(round(pixels / STRIDE)) * STRIDE)
+
+
+def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
+    """(C, h, w) -> (C, *size), centred, filled with `value`."""
+    dy, dx = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
+    if dy == 0 and dx == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2), value=value)

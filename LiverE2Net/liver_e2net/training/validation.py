@@ -1,0 +1,120 @@
+"""Validation on held-out cases, prepared as inference prepares them (no crops, no augmentation).
+
+Stage 1 sees every slice of each case on its stage-1 grid; stage 2 sees the ground-truth liver box with the
+inference margins (box_margin_mm in-plane, box_margin_slices in z) resized to stage2_size. Loss and Dice are
+summed over slices (Dice from summed tp/fp/fn, a global Dice), and summed across processes under DDP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from ..preprocessing import normalize_hu, resize, stage1_size
+from .cache import CachedCase
+from .distributed import Distributed
+from .losses import stage1_loss, stage2_loss
+from .targets import edge_targets
+
+CHANNELS = ("liver", "tumor")
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    loss: float
+    dice: dict[str, float | None]  # None where Dice is undefined: no reference and no prediction
+
+
+def dice_from_counts(tp: float, fp: float, fn: float) -> float | None:
+    denominator = 2 * tp + fp + fn
+    return None if denominator == 0 else 2 * tp / denominator
+
+
+def stage1_batches(
+    cases: list[CachedCase], model_config: ModelConfig, batch_size: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(image (B, 1, h, w), liver (B, 1, h, w)) per chunk of this process's slices, one case at a time."""
+    prep = model_config.preprocessing
+    for case in cases:
+        size = stage1_size(case.shape[1:], (case.spacing[1], case.spacing[0]), prep.stage1_pixel_mm)
+        for chunk in _chunks(range(rank, case.shape[0], world_size), batch_size):
+            image = normalize_hu(torch.from_numpy(case.ct[chunk]), prep.hu_window)[:, None]
+            liver = torch.from_numpy((case.label[chunk] >= 1).astype(np.float32))[:, None]
+            yield resize(image, size), (resize(liver, size) > 0.5).float()
+
+
+def stage2_batches(
+    cases: list[CachedCase], model_config: ModelConfig, batch_size: int, rank: int = 0, world_size: int = 1
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(image (B, 1, S, S), masks (B, 2, S, S), edges (B, 2, S, S)) over each case's padded liver box."""
+    prep = model_config.preprocessing
+    size = (prep.stage2_size, prep.stage2_size)
+    for case in cases:
+        box, (depth, height, width) = case.liver_box, case.shape
+        margin_y, margin_x = (int(round(prep.box_margin_mm / s)) for s in (case.spacing[1], case.spacing[0]))
+        rows = slice(max(0, box.y0 - margin_y), min(height, box.y1 + margin_y))
+        columns = slice(max(0, box.x0 - margin_x), min(width, box.x1 + margin_x))
+        z_range = range(
+            max(0, box.z0 - prep.box_margin_slices) + rank,
+            min(depth, box.z1 + prep.box_margin_slices),
+            world_size,
+        )
+        for chunk in _chunks(z_range, batch_size):
+            image = normalize_hu(torch.from_numpy(case.ct[chunk, rows, columns]), prep.hu_window)[:, None]
+            label = case.label[chunk, rows, columns]
+            masks = torch.from_numpy(np.stack([label >= 1, label == 2], axis=1).astype(np.float32))
+            masks = (resize(masks, size) > 0.5).float()
+            edges = torch.from_numpy(np.stack([edge_targets(m) for m in masks.numpy().astype(bool)]))
+            yield resize(image, size), masks, edges
+
+
+@torch.no_grad()
+def validate(
+    stage: int,
+    network: torch.nn.Module,
+    cases: list[CachedCase],
+    model_config: ModelConfig,
+    batch_size: int,
+    device: torch.device,
+    autocast: torch.dtype | None,
+    distributed: Distributed,
+) -> ValidationResult:
+    network.eval()
+    channels = 1 if stage == 1 else 2
+    sums = torch.zeros(
+        2 + 3 * channels, dtype=torch.float64
+    )  # loss sum, slice count, (tp, fp, fn) per channel
+    batches = (stage1_batches if stage == 1 else stage2_batches)(
+        cases, model_config, batch_size, distributed.rank, distributed.world_size
+    )
+    amp = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
+    for image, *targets in batches:
+        image = image.to(device).contiguous(memory_format=torch.channels_last)
+        targets = [t.to(device) for t in targets]
+        with amp:
+            output = network(image)
+        loss, _ = stage1_loss(output, *targets) if stage == 1 else stage2_loss(output, *targets)
+        prediction = (output if stage == 1 else output.s2).float() > 0  # logit > 0 <=> probability > 0.5
+        reference = targets[0] > 0.5
+        counts = [(prediction & reference), (prediction & ~reference), (~prediction & reference)]
+        sums[0] += loss.item() * image.shape[0]
+        sums[1] += image.shape[0]
+        sums[2:] += torch.stack([c.sum(dim=(0, 2, 3)) for c in counts], dim=1).flatten().double().cpu()
+    sums = distributed.all_reduce_sum(sums)
+    counts = sums[2:].view(channels, 3).tolist()
+    dice = {
+        name: dice_from_counts(*counts[index]) if index < channels else None
+        for index, name in enumerate(CHANNELS)
+    }
+    return ValidationResult(float(sums[0] / max(sums[1].item(), 1)), dice)
+
+
+def _chunks(indices: range, size: int) -> Iterator[list[int]]:
+    indices = list(indices)
+    for start in range(0, len(indices), size):
+        yield indices[start : start + size]
