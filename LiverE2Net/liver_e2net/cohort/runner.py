@@ -1,0 +1,226 @@
+"""One case of a batch: read, segment, write every output atomically, then `case.json` last.
+
+`case.json` is the completion record: it lists each output with its size and SHA-256, the model fingerprint,
+the options and a signature of the input. A rerun trusts a case only if all of that still checks out, so a killed
+job loses at most the case in flight, and a changed input, option or model is recomputed rather than reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import SimpleITK as sitk
+import torch
+
+from .. import __version__
+from ..commands.segment import model_summary, write_probabilities
+from ..dicom_seg import write_dicom_seg
+from ..errors import UserInputError
+from ..io import atomic_output, check_ct_values, read_ct, write_labelmap
+from ..progress import Reporter, null_reporter
+from ..report import case_report
+from ..surfaces import export_segment_surfaces
+from .discovery import Case
+from .integrity import nifti_problem
+
+log = logging.getLogger("liver_e2net")
+
+RECORD_VERSION = 1
+CASE_JSON = "case.json"
+LABEL_FILES = {"nifti": "label.nii.gz", "nrrd": "label.nrrd", "seg.nrrd": "label.seg.nrrd", "mha": "label.mha",
+               "dicom-seg": "seg.dcm"}
+PROBABILITY_FILE = "probabilities.nii.gz"
+MIN_FREE_BYTES = 100 * 2**20  # below this a case is not started: it would fail at the write, after the work
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Everything that changes a case's outputs; a stored case is reused only under the same options."""
+
+    formats: tuple[str, ...] = ("nifti",)
+    tumors: bool = True
+    min_lesion_ml: float = 0.05
+    probabilities: bool = False
+    stl: bool = False
+    smoothing: float = 1.0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.formats if f not in LABEL_FILES]
+        if unknown or not self.formats:
+            raise UserInputError(f"unknown --format {', '.join(unknown) or '(none)'}; choose from {', '.join(LABEL_FILES)}")
+        if self.min_lesion_ml < 0 or self.smoothing < 0:
+            raise UserInputError("--min-lesion-ml and --smoothing must be >= 0")
+
+
+def model_fingerprint(checkpoint) -> str:
+    """SHA-256 (16 hex digits) of the config and every weight: the same model gives the same fingerprint
+    whatever its file name, and any retraining changes it."""
+    digest = hashlib.sha256(json.dumps(checkpoint.config.to_dict(), sort_keys=True).encode())
+    for state in (checkpoint.stage1, checkpoint.stage2):
+        for key in sorted(state):
+            tensor = state[key].detach().cpu().reshape(-1).contiguous()
+            digest.update(f"{key}:{tensor.dtype}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_info(segmenter) -> dict[str, Any]:
+    """What `segment --report` says about the model, plus the fingerprint that resume and --force check."""
+    return {**model_summary(segmenter), "fingerprint": model_fingerprint(segmenter.checkpoint)}
+
+
+def source_signature(case: Case) -> dict[str, Any]:
+    """Number, total size and newest modification time of the input files (not their path: a moved folder
+    still resumes, an edited or replaced file does not)."""
+    stats = [Path(f).stat() for f in case.files if Path(f).exists()]
+    return {"series_uid": case.series_uid, "files": len(stats), "bytes": sum(s.st_size for s in stats),
+            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_record(folder: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((folder / CASE_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def check_complete(case: Case, folder: Path, options: BatchOptions, fingerprint: str) -> tuple[bool, str]:
+    """(reusable, why not): the stored record must be done, for this input, options and model, and every output
+    it lists must exist with the recorded size and SHA-256."""
+    record = read_record(folder)
+    if record is None:
+        return False, "no complete record"
+    expected = {"record_version": RECORD_VERSION, "status": "done", "options": asdict(options),
+                "source_signature": source_signature(case)}
+    for key, value in expected.items():
+        if _jsonable(record.get(key)) != _jsonable(value):
+            return False, f"{key} changed"
+    if record.get("model", {}).get("fingerprint") != fingerprint:
+        return False, "made with another model"
+    for entry in record.get("outputs", {}).values():
+        path = folder / entry["path"]
+        if not path.is_file() or path.stat().st_size != entry["bytes"] or sha256(path) != entry["sha256"]:
+            return False, f"{entry['path']} missing or altered"
+    return True, ""
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def read_case(case: Case) -> sitk.Image:
+    """The CT of a case, refused like `segment` refuses it (2D, RGB, constant, not HU)."""
+    if case.problem:
+        raise UserInputError(case.problem)
+    if not case.is_dicom:
+        problem = nifti_problem(case.files[0])
+        if problem:
+            raise UserInputError(problem)
+        return read_ct(case.files[0])
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(case.files))
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise UserInputError(f"cannot read the DICOM series {case.source}: {str(error).strip().splitlines()[-1]}") from error
+    check_ct_values(sitk.GetArrayViewFromImage(image), case.source)
+    return image
+
+
+def run_case(case: Case, segmenter, options: BatchOptions, outdir: Path, model: dict[str, Any],
+             progress: Reporter = null_reporter) -> dict[str, Any]:
+    """Segments one case into outdir/<name>/; any failure becomes a 'failed' record instead of an exception."""
+    folder = outdir / case.name
+    start = time.perf_counter()
+    record: dict[str, Any] = {"record_version": RECORD_VERSION, "case": case.name, "source": case.source,
+                              "series_uid": case.series_uid, "source_signature": source_signature(case),
+                              "options": asdict(options), "model": model, "liver_e2net": __version__}
+    try:
+        clear_case_folder(folder)
+        if "dicom-seg" in options.formats and not case.is_dicom:
+            raise UserInputError("--format dicom-seg needs DICOM input (a DICOM SEG references its CT images); "
+                                 f"{case.source} is a volume file")
+        check_free_space(outdir)
+        progress("read", 0.0, "reading")
+        ct = read_case(case)
+        seconds = {"read": time.perf_counter() - start}
+        result = segmenter.segment(ct, tumors=options.tumors, probabilities=options.probabilities,
+                                   min_lesion_ml=options.min_lesion_ml, progress=progress)
+        seconds.update(result.seconds)
+        mark = time.perf_counter()
+        progress("write", 0.92, "writing")
+        outputs = write_outputs(case, result, ct, folder, options, model)
+        seconds["write"] = time.perf_counter() - mark
+        summary = case_report(result.label, ct)
+        seconds["case"] = time.perf_counter() - start
+        record |= {"status": "done", **summary, "lesion_count": len(summary["lesions"]),
+                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "warnings": result.warnings,
+                   "device": str(segmenter.device), "threads": segmenter.threads,
+                   "outputs": {key: _file_entry(folder, path) for key, path in outputs.items()}}
+    except Exception as error:  # one bad case never stops the batch: it is recorded and the batch goes on
+        message = str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
+        log.debug("case %s failed:\n%s", case.name, traceback.format_exc())
+        record |= {"status": "failed", "error": message, "seconds": {"case": round(time.perf_counter() - start, 3)}}
+    try:
+        with atomic_output(folder / CASE_JSON) as temporary:
+            temporary.write_text(json.dumps(record, indent=2))
+    except (OSError, UserInputError) as error:
+        record |= {"status": "failed", "error": f"{record.get('error') or 'done'}; its record could not be written: {error}"}
+    return record
+
+
+def clear_case_folder(folder: Path) -> None:
+    """Drops the old record first (so a half-rewritten case never looks complete) and temporary files left by a
+    killed run (atomic_output names them '.<name>.*')."""
+    (folder / CASE_JSON).unlink(missing_ok=True)
+    if folder.is_dir():
+        for stale in folder.rglob(".*"):
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
+
+def check_free_space(outdir: Path) -> None:
+    free = shutil.disk_usage(outdir).free
+    if free < MIN_FREE_BYTES:
+        raise UserInputError(f"only {free / 2**20:.0f} MiB free on the disk of {outdir}: case not started; free some "
+                             "space and rerun (finished cases are kept)")
+
+
+def write_outputs(case: Case, result, ct: sitk.Image, folder: Path, options: BatchOptions,
+                  model: dict[str, Any]) -> dict[str, Path]:
+    outputs = {}
+    for kind in options.formats:
+        path = folder / LABEL_FILES[kind]
+        if kind == "dicom-seg":
+            write_dicom_seg(result.label, case.files, path, f"{model.get('name') or 'model'} {model['fingerprint']}")
+        else:
+            write_labelmap(result.label, ct, path)
+        outputs[kind] = path
+    if options.probabilities:
+        outputs["probabilities"] = folder / PROBABILITY_FILE
+        write_probabilities(result.probabilities, ct, str(outputs["probabilities"]))
+    if options.stl:
+        for path in export_segment_surfaces(result.label, ct, folder / "stl", options.smoothing):
+            outputs[f"stl/{path.name}"] = path
+    return outputs
+
+
+def _file_entry(folder: Path, path: Path) -> dict[str, Any]:
+    return {"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size, "sha256": sha256(path)}
