@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from ..devices import available_cores, configure_threads
     from ..training import CasePaths, TrainConfig, discover, read_state, train
     from ..training.config import DEFAULT_LR
-    from ..training.sources import case_name
+    from ..training.sources import pair_name
 
     if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
         raise UserInputError("--resume DIR writes into DIR; leave out -o/--output or give the same folder")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if not output:
         raise UserInputError("give an output folder with -o/--output DIR (or --resume DIR)")
     sources = [case for folder in args.data for case in discover(folder)]
-    sources += [CasePaths(case_name(Path(ct)), Path(ct), Path(label)) for ct, label in args.case]
+    sources += [CasePaths(pair_name(Path(ct), Path(label)), Path(ct), Path(label)) for ct, label in args.case]
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
     if "optimizer" in overrides and "lr" not in overrides:
         overrides["lr"] = DEFAULT_LR[overrides["optimizer"]]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,6 +125,14 @@ def _from_json(path: Path) -> list[CasePaths]:
 def case_name(image: Path) -> str:
     stem = image.name if image.is_dir() else (volume_stem(image) or image.stem)
     return stem[: -len(NNUNET_CHANNEL)] if stem.endswith(NNUNET_CHANNEL) else stem
+
+
+def pair_name(image: Path, label: Path) -> str:
+    """A case name for a --case pair: the common start of both names ('case02_ct', 'case02_label' -> 'case02')."""
+    image_stem = case_name(image)
+    label_stem = label.name if label.is_dir() else (volume_stem(label) or label.stem)
+    common = os.path.commonprefix([image_stem, label_stem]).rstrip("_-. ")
+    return common or image_stem
 
 
 def check_unique(sources: list[CaseSource]) -> None:
