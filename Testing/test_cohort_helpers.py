@@ -14,9 +14,16 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
-def write_ct_series(image: sitk.Image, folder: Path, series_number: int = 3, modality: str = "CT",
-                    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"), patient_id: str = "LIVER001",
-                    study_uid: str | None = None, description: str = "Abdomen") -> list[Path]:
+def write_ct_series(
+    image: sitk.Image,
+    folder: Path,
+    series_number: int = 3,
+    modality: str = "CT",
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "AXIAL"),
+    patient_id: str = "LIVER001",
+    study_uid: str | None = None,
+    description: str = "Abdomen",
+) -> list[Path]:
     """One CT Image Storage file per slice with the geometry of `image` (LPS), HU via rescale intercept -1024."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -38,7 +45,12 @@ def write_ct_series(image: sitk.Image, folder: Path, series_number: int = 3, mod
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.ImageType = modality, list(image_type)
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Liver", patient_id, "19700101", "O"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+            "Test^Liver",
+            patient_id,
+            "19700101",
+            "O",
+        )
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
         ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
         ds.ReferringPhysicianName, ds.Manufacturer = "", "Test"

@@ -8,6 +8,7 @@ overlap, which a BINARY SEG allows. Their codes come from the same terminology e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,22 +38,25 @@ def segment_descriptions(model_version: str, segments: Sequence[SegmentInfo] = S
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    algorithm = hd.AlgorithmIdentificationSequence(name="Liver E2Net", family=codes.cid7162.ArtificialIntelligence,
-                                                   version=model_version[:64])
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="Liver E2Net", family=codes.cid7162.ArtificialIntelligence, version=model_version[:64]
+    )
     descriptions = []
     for number, segment in enumerate(segments, start=1):
         terms = terminology_codes(segment.terminology)
         region = terms["region"]
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=segment.name,
-            segmented_property_category=hd.sr.CodedConcept(*terms["category"]),
-            segmented_property_type=hd.sr.CodedConcept(*terms["type"]),
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-            anatomic_regions=[hd.sr.CodedConcept(*region)] if region else None,
-            display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in segment.color)),
-        ))
+        descriptions.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=segment.name,
+                segmented_property_category=hd.sr.CodedConcept(*terms["category"]),
+                segmented_property_type=hd.sr.CodedConcept(*terms["type"]),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                anatomic_regions=[hd.sr.CodedConcept(*region)] if region else None,
+                display_color=hd.color.CIELabColor.from_rgb(*(int(round(255 * c)) for c in segment.color)),
+            )
+        )
     return descriptions
 
 
@@ -61,15 +65,20 @@ def segment_masks(label: np.ndarray) -> np.ndarray:
     return np.stack([label >= 1, label == 2], axis=-1)
 
 
-def write_dicom_seg(label: np.ndarray, source_files: Sequence[str], path: str | Path, model_version: str) -> Path:
+def write_dicom_seg(
+    label: np.ndarray, source_files: Sequence[str], path: str | Path, model_version: str
+) -> Path:
     """`label` [z, y, x] on the grid of the series read from `source_files` in this order (slice k = file k)."""
     import highdicom as hd
     import pydicom
 
+    logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every attribute it copies at INFO
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
     if label.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
-        raise UserInputError(f"label map {label.shape} does not match the {len(sources)} DICOM images "
-                             f"of {sources[0].Rows}x{sources[0].Columns} it should reference")
+        raise UserInputError(
+            f"label map {label.shape} does not match the {len(sources)} DICOM images "
+            f"of {sources[0].Rows}x{sources[0].Columns} it should reference"
+        )
     masks = segment_masks(label)
     present = [i for i in range(masks.shape[-1]) if masks[..., i].any()] or [0]  # an empty SEG keeps 'Liver'
     series_number = int(sources[0].get("SeriesNumber", 0) or 0) + 1000

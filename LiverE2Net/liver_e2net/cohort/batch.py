@@ -7,6 +7,8 @@ with which cases differs.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,7 +39,9 @@ def prepare_outdir(path: Path) -> Path:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise UserInputError(f"cannot write the batch folder {path}: {error.strerror}; choose a writable disk") from error
+        raise UserInputError(
+            f"cannot write the batch folder {path}: {error.strerror}; choose a writable disk"
+        ) from error
     return path
 
 
@@ -48,7 +52,9 @@ def earlier_models(outdir: Path, fingerprint: str) -> dict[str, list[str]]:
         record = read_record(folder)
         model = (record or {}).get("model") or {}
         if record and record.get("status") == "done" and model.get("fingerprint") != fingerprint:
-            found[f"{model.get('name') or 'model'} (fingerprint {model.get('fingerprint')})"].append(folder.name)
+            found[f"{model.get('name') or 'model'} (fingerprint {model.get('fingerprint')})"].append(
+                folder.name
+            )
     return dict(found)
 
 
@@ -57,12 +63,18 @@ def refuse_mixed_models(outdir: Path, model: dict[str, Any], force: bool) -> Non
     others = earlier_models(outdir, model["fingerprint"])
     if not others:
         return
-    listing = "; ".join(f"{name}: {len(cases)} case(s), e.g. {', '.join(cases[:3])}" for name, cases in others.items())
+    listing = "; ".join(
+        f"{name}: {len(cases)} case(s), e.g. {', '.join(cases[:3])}" for name, cases in others.items()
+    )
     if not force:
-        raise UserInputError(f"{outdir} holds cases segmented with another model ({listing}); this run uses "
-                             f"{model.get('name') or 'model'} (fingerprint {model['fingerprint']}). Use a new output "
-                             "folder, or --force to recompute those cases with this model")
-    log.warning("--force: cases made with another model (%s) are recomputed when they are among the inputs", listing)
+        raise UserInputError(
+            f"{outdir} holds cases segmented with another model ({listing}); this run uses "
+            f"{model.get('name') or 'model'} (fingerprint {model['fingerprint']}). Use a new output "
+            "folder, or --force to recompute those cases with this model"
+        )
+    log.warning(
+        "--force: cases made with another model (%s) are recomputed when they are among the inputs", listing
+    )
 
 
 def plan(cases: tuple[Case, ...], outdir: Path, options: BatchOptions, fingerprint: str) -> Plan:
@@ -75,33 +87,60 @@ def plan(cases: tuple[Case, ...], outdir: Path, options: BatchOptions, fingerpri
     return Plan(tuple(reusable), tuple(pending))
 
 
-def run_share(cases: list[Case], segmenter, options: BatchOptions, outdir: Path, model: dict[str, Any],
-              progress: Reporter = null_reporter, **extra: Any) -> list[dict[str, Any]]:
-    """Runs `cases` one after the other (the model stays loaded); progress fractions span this share."""
+def run_share(
+    cases: list[Case],
+    segmenter,
+    options: BatchOptions,
+    outdir: Path,
+    model: dict[str, Any],
+    progress: Reporter = null_reporter,
+    **extra: Any,
+) -> list[dict[str, Any]]:
+    """Runs `cases` one after the other (the model stays loaded); progress fractions span this share.
+    `extra` (e.g. rank=1) goes into every progress line and case record."""
     records = []
+    process = {"host": socket.gethostname(), "pid": os.getpid(), **extra}
     for index, case in enumerate(cases):
         reporter = _case_reporter(progress, index, len(cases), case.name, extra)
-        record = run_case(case, segmenter, options, outdir, model, reporter)
+        record = run_case(case, segmenter, options, outdir, model, reporter, process)
         records.append(record)
-        outcome = (f"liver {record['liver_ml']:.1f} ml, tumor {record['tumor_ml']:.1f} ml, "
-                   f"{record['lesion_count']} lesions in {record['seconds']['case']:.1f} s"
-                   if record["status"] == "done" else f"failed: {record['error']}")
+        outcome = (
+            f"liver {record['liver_ml']:.1f} ml, tumor {record['tumor_ml']:.1f} ml, "
+            f"{record['lesion_count']} lesions in {record['seconds']['case']:.1f} s"
+            if record["status"] == "done"
+            else f"failed: {record['error']}"
+        )
         log.info("[%d/%d] %s: %s", index + 1, len(cases), case.name, outcome)
-        progress("case", (index + 1) / len(cases), f"{case.name}: {record['status']}", case=case.name,
-                 status=record["status"], index=index + 1, total=len(cases), **extra)
+        progress(
+            "case",
+            (index + 1) / len(cases),
+            f"{case.name}: {record['status']}",
+            case=case.name,
+            status=record["status"],
+            index=index + 1,
+            total=len(cases),
+            **extra,
+        )
     return records
 
 
 def _case_reporter(progress: Reporter, index: int, total: int, name: str, extra: dict[str, Any]) -> Reporter:
     def report(stage: str, fraction: float, message: str = "", **more: Any) -> None:
-        progress(stage, (index + fraction) / total, f"[{index + 1}/{total}] {name}: {message}", case=name,
-                 **extra, **more)
+        progress(
+            stage,
+            (index + fraction) / total,
+            f"[{index + 1}/{total}] {name}: {message}",
+            case=name,
+            **extra,
+            **more,
+        )
 
     return report
 
 
-def merge_rows(discovery: Discovery, outdir: Path, reusable: tuple[Case, ...],
-               records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def merge_rows(
+    discovery: Discovery, outdir: Path, reusable: tuple[Case, ...], records: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Rows in discovery order: cases computed now, cases reused from their records, then skipped inputs."""
     computed = {record["case"]: record for record in records}
     reused = {case.name for case in reusable}
@@ -117,5 +156,10 @@ def merge_rows(discovery: Discovery, outdir: Path, reusable: tuple[Case, ...],
 
 
 def _lost(case: Case) -> dict[str, Any]:
-    return {"case": case.name, "source": case.source, "series_uid": case.series_uid, "status": "failed",
-            "error": "no result came back for this case (its process stopped?); rerun to compute it"}
+    return {
+        "case": case.name,
+        "source": case.source,
+        "series_uid": case.series_uid,
+        "status": "failed",
+        "error": "no result came back for this case (its process stopped?); rerun to compute it",
+    }

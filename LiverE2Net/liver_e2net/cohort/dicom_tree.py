@@ -21,8 +21,20 @@ SOP_CLASS_NAMES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation",
     "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
 }
-HEADER_TAGS = ["SOPClassUID", "Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "PatientID",
-               "ImageType", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns"]
+HEADER_TAGS = [
+    "SOPClassUID",
+    "Modality",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "PatientID",
+    "ImageType",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "Rows",
+    "Columns",
+]
 AXIAL_MIN_COSINE = 0.8  # slice normal within ~37 degrees of the body axis: axial, gantry tilt allowed
 
 
@@ -65,14 +77,16 @@ def group_series(files: list[str]) -> tuple[list[Series], list[Rejected]]:
         except Exception as error:  # pydicom raises many types for truncated or foreign files
             rejected.append(Rejected(path, f"unreadable DICOM file ({type(error).__name__}: {error})"))
             continue
-        uid = str(header.get("SeriesInstanceUID", "")) or f"no-series-uid:{path}"
-        by_series[uid].append((path, header))
+        if "SeriesInstanceUID" not in header or "SOPClassUID" not in header:
+            rejected.append(Rejected(path, "incomplete DICOM file (no series or SOP class UID: cut short?)"))
+            continue
+        by_series[str(header.SeriesInstanceUID)].append((path, header))
     series = []
-    for uid, members in sorted(by_series.items()):
+    for uid, members in by_series.items():
         found, reasons = _series(uid, members)
         series += [found] if found else []
         rejected += reasons
-    return series, rejected
+    return sorted(series, key=lambda s: (s.folder, s.name)), rejected
 
 
 def _series(uid: str, members: list[tuple[str, object]]) -> tuple[Series | None, list[Rejected]]:
@@ -84,11 +98,19 @@ def _series(uid: str, members: list[tuple[str, object]]) -> tuple[Series | None,
         return None, [Rejected(where, f"modality {modality}, not CT")]
     sop_class = str(first.get("SOPClassUID", ""))
     if sop_class != CT_IMAGE_STORAGE:
-        return None, [Rejected(where, f"{SOP_CLASS_NAMES.get(sop_class, 'SOP class ' + sop_class)} objects, not CT images")]
+        return None, [
+            Rejected(
+                where, f"{SOP_CLASS_NAMES.get(sop_class, 'SOP class ' + sop_class)} objects, not CT images"
+            )
+        ]
     images = [(path, header) for path, header in members if not _is_localizer(header)]
     if not images:
         return None, [Rejected(where, "localizer (scout) images, not a CT volume")]
-    notes = [Rejected(where, f"{len(members) - len(images)} localizer image(s) left out of the series")] if len(images) < len(members) else []
+    notes = (
+        [Rejected(where, f"{len(members) - len(images)} localizer image(s) left out of the series")]
+        if len(images) < len(members)
+        else []
+    )
     if len(images) < 2:
         return None, [Rejected(where, "a single CT image, not a volume")]
     problem, files = _geometry(images)
@@ -107,8 +129,12 @@ def _geometry(images: list[tuple[str, object]]) -> tuple[str, list[str]]:
     shapes = {(int(h.get("Rows", 0)), int(h.get("Columns", 0))) for _, h in images}
     if len(shapes) > 1:
         sizes = ", ".join(f"{c}x{r}" for r, c in sorted(shapes))
-        return f"mixed geometry: images of {len(shapes)} sizes ({sizes}) in one series", [p for p, _ in images]
-    orientations = {tuple(np.round(np.asarray(h.get("ImageOrientationPatient", [0] * 6), float), 3)) for _, h in images}
+        return f"mixed geometry: images of {len(shapes)} sizes ({sizes}) in one series", [
+            p for p, _ in images
+        ]
+    orientations = {
+        tuple(np.round(np.asarray(h.get("ImageOrientationPatient", [0] * 6), float), 3)) for _, h in images
+    }
     if len(orientations) > 1:
         return f"mixed geometry: {len(orientations)} slice orientations in one series", [p for p, _ in images]
     spacings = {tuple(np.round(np.asarray(h.get("PixelSpacing", [0, 0]), float), 4)) for _, h in images}
@@ -116,18 +142,24 @@ def _geometry(images: list[tuple[str, object]]) -> tuple[str, list[str]]:
         return f"mixed geometry: {len(spacings)} pixel spacings in one series", [p for p, _ in images]
     normal = _normal(images[0][1])
     if normal is None or any("ImagePositionPatient" not in h for _, h in images):
-        return "no ImageOrientationPatient/ImagePositionPatient: slice geometry unknown", [p for p, _ in images]
+        return "no ImageOrientationPatient/ImagePositionPatient: slice geometry unknown", [
+            p for p, _ in images
+        ]
     positions = np.array([np.dot(np.asarray(h.ImagePositionPatient, float), normal) for _, h in images])
     order = np.argsort(positions, kind="stable")
     files = [images[i][0] for i in order]
     steps = np.diff(positions[order])
     if (steps < 1e-3).any():
-        return (f"mixed geometry: {int((steps < 1e-3).sum()) + 1} slices share a position (several acquisitions or "
-                "duplicated files in one series)"), files
+        return (
+            f"mixed geometry: {int((steps < 1e-3).sum()) + 1} slices share a position (several acquisitions or "
+            "duplicated files in one series)"
+        ), files
     low, high, median = float(steps.min()), float(steps.max()), float(np.median(steps))
     if high - low > max(0.05, 0.05 * median):
-        return (f"mixed geometry: slice spacing varies from {low:.2f} to {high:.2f} mm (missing slices?); "
-                "a volume needs evenly spaced slices"), files
+        return (
+            f"mixed geometry: slice spacing varies from {low:.2f} to {high:.2f} mm (missing slices?); "
+            "a volume needs evenly spaced slices"
+        ), files
     return "", files
 
 

@@ -42,7 +42,7 @@ class Case:
 class Discovery:
     cases: tuple[Case, ...]
     skipped: tuple[Rejected, ...]  # DICOM series and files that are not CT volumes, with the reason
-    ignored: tuple[str, ...]  # files in walked folders that are neither volumes nor DICOM (README, JSON, ...)
+    ignored: tuple[str, ...]  # files in walked folders that are not CTs (README, JSON, .seg.nrrd, ...)
     notes: tuple[str, ...]  # renamed duplicates, repeated inputs
 
 
@@ -79,9 +79,14 @@ def discover(inputs: list[str], pattern: str = "*", exclude: Path | None = None)
         else:
             volumes.append((str(path), None))
     notes = []
-    unique_volumes = list(dict.fromkeys(volumes))
+    unique_volumes = list(
+        {os.path.realpath(path): (path, name) for path, name in reversed(volumes)}.values()
+    )[::-1]
     if len(unique_volumes) < len(volumes):
-        notes.append(f"{len(volumes) - len(unique_volumes)} input(s) listed more than once: each is segmented once")
+        notes.append(
+            f"{len(volumes) - len(unique_volumes)} input(s) listed more than once: each is segmented once, "
+            "under its first name"
+        )
     series, skipped = group_series(list(dict.fromkeys(dicom_files)))
     cases = [Case(name or volume_name(path), path, (path,)) for path, name in unique_volumes] + problems
     cases += [Case(s.name, s.folder, s.files, s.uid, s.problem) for s in series]
@@ -134,12 +139,22 @@ def read_case_list(path: Path) -> tuple[list[tuple[str, str | None]], list[Case]
             raise UserInputError(f"{path}, line {number}: no path in column {path_column + 1}")
         entry = Path(row[path_column].strip()).expanduser()
         entry = entry if entry.is_absolute() else path.parent / entry
-        name = safe_name(row[name_column]) if name_column is not None and name_column < len(row) and row[name_column].strip() else None
+        name = (
+            safe_name(row[name_column])
+            if name_column is not None and name_column < len(row) and row[name_column].strip()
+            else None
+        )
         if entry.exists():
             listed.append((str(entry), name))
         else:
-            missing.append(Case(name or volume_name(entry), str(entry), (str(entry),),
-                                problem=f"input not found: {entry} (listed in {path})"))
+            missing.append(
+                Case(
+                    name or volume_name(entry),
+                    str(entry),
+                    (str(entry),),
+                    problem=f"input not found: {entry} (listed in {path})",
+                )
+            )
     return listed, missing
 
 
@@ -176,5 +191,7 @@ def unique_names(cases: list[Case]) -> tuple[list[Case], list[str]]:
             taken.add(candidate.lower())
             renamed[index] = Case(candidate, case.source, case.files, case.series_uid, case.problem)
             changes.append(f"{candidate} ({case.source})")
-        notes.append(f"{len(indices)} inputs are named '{cases[indices[0]].name}': renamed to " + ", ".join(changes))
+        notes.append(
+            f"{len(indices)} inputs are named '{cases[indices[0]].name}': renamed to " + ", ".join(changes)
+        )
     return renamed, notes

@@ -35,8 +35,13 @@ log = logging.getLogger("liver_e2net")
 
 RECORD_VERSION = 1
 CASE_JSON = "case.json"
-LABEL_FILES = {"nifti": "label.nii.gz", "nrrd": "label.nrrd", "seg.nrrd": "label.seg.nrrd", "mha": "label.mha",
-               "dicom-seg": "seg.dcm"}
+LABEL_FILES = {
+    "nifti": "label.nii.gz",
+    "nrrd": "label.nrrd",
+    "seg.nrrd": "label.seg.nrrd",
+    "mha": "label.mha",
+    "dicom-seg": "seg.dcm",
+}
 PROBABILITY_FILE = "probabilities.nii.gz"
 MIN_FREE_BYTES = 100 * 2**20  # below this a case is not started: it would fail at the write, after the work
 
@@ -55,7 +60,9 @@ class BatchOptions:
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in LABEL_FILES]
         if unknown or not self.formats:
-            raise UserInputError(f"unknown --format {', '.join(unknown) or '(none)'}; choose from {', '.join(LABEL_FILES)}")
+            raise UserInputError(
+                f"unknown --format {', '.join(unknown) or '(none)'}; choose from {', '.join(LABEL_FILES)}"
+            )
         if self.min_lesion_ml < 0 or self.smoothing < 0:
             raise UserInputError("--min-lesion-ml and --smoothing must be >= 0")
 
@@ -81,8 +88,12 @@ def source_signature(case: Case) -> dict[str, Any]:
     """Number, total size and newest modification time of the input files (not their path: a moved folder
     still resumes, an edited or replaced file does not)."""
     stats = [Path(f).stat() for f in case.files if Path(f).exists()]
-    return {"series_uid": case.series_uid, "files": len(stats), "bytes": sum(s.st_size for s in stats),
-            "mtime_ns": max((s.st_mtime_ns for s in stats), default=0)}
+    return {
+        "series_uid": case.series_uid,
+        "files": len(stats),
+        "bytes": sum(s.st_size for s in stats),
+        "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
+    }
 
 
 def sha256(path: Path) -> str:
@@ -107,8 +118,12 @@ def check_complete(case: Case, folder: Path, options: BatchOptions, fingerprint:
     record = read_record(folder)
     if record is None:
         return False, "no complete record"
-    expected = {"record_version": RECORD_VERSION, "status": "done", "options": asdict(options),
-                "source_signature": source_signature(case)}
+    expected = {
+        "record_version": RECORD_VERSION,
+        "status": "done",
+        "options": asdict(options),
+        "source_signature": source_signature(case),
+    }
     for key, value in expected.items():
         if _jsonable(record.get(key)) != _jsonable(value):
             return False, f"{key} changed"
@@ -139,30 +154,55 @@ def read_case(case: Case) -> sitk.Image:
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise UserInputError(f"cannot read the DICOM series {case.source}: {str(error).strip().splitlines()[-1]}") from error
+        raise UserInputError(
+            f"cannot read the DICOM series {case.source}: {str(error).strip().splitlines()[-1]}"
+        ) from error
     check_ct_values(sitk.GetArrayViewFromImage(image), case.source)
     return image
 
 
-def run_case(case: Case, segmenter, options: BatchOptions, outdir: Path, model: dict[str, Any],
-             progress: Reporter = null_reporter) -> dict[str, Any]:
-    """Segments one case into outdir/<name>/; any failure becomes a 'failed' record instead of an exception."""
+def run_case(
+    case: Case,
+    segmenter,
+    options: BatchOptions,
+    outdir: Path,
+    model: dict[str, Any],
+    progress: Reporter = null_reporter,
+    process: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Segments one case into outdir/<name>/; any failure becomes a 'failed' record instead of an exception.
+    `process` (rank, host, ...) is stored as is: which worker made the case."""
     folder = outdir / case.name
     start = time.perf_counter()
-    record: dict[str, Any] = {"record_version": RECORD_VERSION, "case": case.name, "source": case.source,
-                              "series_uid": case.series_uid, "source_signature": source_signature(case),
-                              "options": asdict(options), "model": model, "liver_e2net": __version__}
+    record: dict[str, Any] = {
+        "record_version": RECORD_VERSION,
+        "case": case.name,
+        "source": case.source,
+        "series_uid": case.series_uid,
+        "source_signature": source_signature(case),
+        "options": asdict(options),
+        "model": model,
+        "liver_e2net": __version__,
+        "process": process or {},
+    }
     try:
         clear_case_folder(folder)
         if "dicom-seg" in options.formats and not case.is_dicom:
-            raise UserInputError("--format dicom-seg needs DICOM input (a DICOM SEG references its CT images); "
-                                 f"{case.source} is a volume file")
+            raise UserInputError(
+                "--format dicom-seg needs DICOM input (a DICOM SEG references its CT images); "
+                f"{case.source} is a volume file"
+            )
         check_free_space(outdir)
         progress("read", 0.0, "reading")
         ct = read_case(case)
         seconds = {"read": time.perf_counter() - start}
-        result = segmenter.segment(ct, tumors=options.tumors, probabilities=options.probabilities,
-                                   min_lesion_ml=options.min_lesion_ml, progress=progress)
+        result = segmenter.segment(
+            ct,
+            tumors=options.tumors,
+            probabilities=options.probabilities,
+            min_lesion_ml=options.min_lesion_ml,
+            progress=progress,
+        )
         seconds.update(result.seconds)
         mark = time.perf_counter()
         progress("write", 0.92, "writing")
@@ -170,19 +210,32 @@ def run_case(case: Case, segmenter, options: BatchOptions, outdir: Path, model: 
         seconds["write"] = time.perf_counter() - mark
         summary = case_report(result.label, ct)
         seconds["case"] = time.perf_counter() - start
-        record |= {"status": "done", **summary, "lesion_count": len(summary["lesions"]),
-                   "seconds": {k: round(v, 3) for k, v in seconds.items()}, "warnings": result.warnings,
-                   "device": str(segmenter.device), "threads": segmenter.threads,
-                   "outputs": {key: _file_entry(folder, path) for key, path in outputs.items()}}
+        record |= {
+            "status": "done",
+            **summary,
+            "lesion_count": len(summary["lesions"]),
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "warnings": result.warnings,
+            "device": str(segmenter.device),
+            "threads": segmenter.threads,
+            "outputs": {key: _file_entry(folder, path) for key, path in outputs.items()},
+        }
     except Exception as error:  # one bad case never stops the batch: it is recorded and the batch goes on
         message = str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
         log.debug("case %s failed:\n%s", case.name, traceback.format_exc())
-        record |= {"status": "failed", "error": message, "seconds": {"case": round(time.perf_counter() - start, 3)}}
+        record |= {
+            "status": "failed",
+            "error": message,
+            "seconds": {"case": round(time.perf_counter() - start, 3)},
+        }
     try:
         with atomic_output(folder / CASE_JSON) as temporary:
             temporary.write_text(json.dumps(record, indent=2))
     except (OSError, UserInputError) as error:
-        record |= {"status": "failed", "error": f"{record.get('error') or 'done'}; its record could not be written: {error}"}
+        record |= {
+            "status": "failed",
+            "error": f"{record.get('error') or 'done'}; its record could not be written: {error}",
+        }
     return record
 
 
@@ -199,17 +252,22 @@ def clear_case_folder(folder: Path) -> None:
 def check_free_space(outdir: Path) -> None:
     free = shutil.disk_usage(outdir).free
     if free < MIN_FREE_BYTES:
-        raise UserInputError(f"only {free / 2**20:.0f} MiB free on the disk of {outdir}: case not started; free some "
-                             "space and rerun (finished cases are kept)")
+        raise UserInputError(
+            f"only {free / 2**20:.0f} MiB free on the disk of {outdir}: case not started; free some "
+            "space and rerun (finished cases are kept)"
+        )
 
 
-def write_outputs(case: Case, result, ct: sitk.Image, folder: Path, options: BatchOptions,
-                  model: dict[str, Any]) -> dict[str, Path]:
+def write_outputs(
+    case: Case, result, ct: sitk.Image, folder: Path, options: BatchOptions, model: dict[str, Any]
+) -> dict[str, Path]:
     outputs = {}
     for kind in options.formats:
         path = folder / LABEL_FILES[kind]
         if kind == "dicom-seg":
-            write_dicom_seg(result.label, case.files, path, f"{model.get('name') or 'model'} {model['fingerprint']}")
+            write_dicom_seg(
+                result.label, case.files, path, f"{model.get('name') or 'model'} {model['fingerprint']}"
+            )
         else:
             write_labelmap(result.label, ct, path)
         outputs[kind] = path

@@ -30,8 +30,12 @@ class Shard:
     def from_env(cls, environ: Mapping[str, str]) -> Shard:
         """torchrun's variables; missing ones mean a single process."""
         world = int(environ.get("WORLD_SIZE", 1))
-        shard = cls(int(environ.get("RANK", 0)), world, int(environ.get("LOCAL_RANK", 0)),
-                    int(environ.get("LOCAL_WORLD_SIZE", world)))
+        shard = cls(
+            int(environ.get("RANK", 0)),
+            world,
+            int(environ.get("LOCAL_RANK", 0)),
+            int(environ.get("LOCAL_WORLD_SIZE", world)),
+        )
         if not (0 <= shard.rank < shard.world and 0 <= shard.local_rank < shard.local_world):
             raise ValueError(f"inconsistent torchrun environment: {shard}")
         return shard

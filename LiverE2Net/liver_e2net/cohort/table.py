@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,22 @@ from ..io import atomic_output
 from .dicom_tree import Rejected
 from .runner import CASE_JSON
 
-COLUMNS = ("case", "status", "reused", "source", "series_uid", "liver_ml", "tumor_ml", "tumor_burden_percent",
-           "lesion_count", "largest_lesion_ml", "seconds", "model", "outputs", "message")
+COLUMNS = (
+    "case",
+    "status",
+    "reused",
+    "source",
+    "series_uid",
+    "liver_ml",
+    "tumor_ml",
+    "tumor_burden_percent",
+    "lesion_count",
+    "largest_lesion_ml",
+    "seconds",
+    "model",
+    "outputs",
+    "message",
+)
 
 
 def case_row(record: dict[str, Any], reused: bool = False) -> dict[str, Any]:
@@ -40,8 +55,14 @@ def case_row(record: dict[str, Any], reused: bool = False) -> dict[str, Any]:
 
 
 def skipped_row(rejected: Rejected) -> dict[str, Any]:
-    return {**dict.fromkeys(COLUMNS, ""), "case": "", "status": "skipped", "reused": "no", "source": rejected.source,
-            "message": rejected.reason}
+    return {
+        **dict.fromkeys(COLUMNS, ""),
+        "case": "",
+        "status": "skipped",
+        "reused": "no",
+        "source": rejected.source,
+        "message": rejected.reason,
+    }
 
 
 def write_table(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -61,20 +82,31 @@ def read_table(path: Path) -> list[dict[str, str]]:
 def counts_line(rows: list[dict[str, Any]]) -> str:
     counts = Counter(row["status"] for row in rows)
     reused = sum(row["reused"] == "yes" for row in rows)
-    return (f"{counts['done']} done ({reused} reused from an earlier run), {counts['failed']} failed, "
-            f"{counts['skipped']} skipped")
+    return (
+        f"{counts['done']} done ({reused} reused from an earlier run), {counts['failed']} failed, "
+        f"{counts['skipped']} skipped"
+    )
 
 
-def summary_text(rows: list[dict[str, Any]], width: int = 110) -> str:
+def summary_text(rows: list[dict[str, Any]], width: int | None = None) -> str:
     """Aligned table for the terminal: the measurements of done cases, the reason of failed and skipped ones."""
-    header = f"{'case':<28} {'status':<8} {'liver ml':>9} {'tumor ml':>9} {'burden %':>9} {'lesions':>7}  note"
+    width = width or max(100, shutil.get_terminal_size((140, 24)).columns)
+    header = (
+        f"{'case':<28} {'status':<8} {'liver ml':>9} {'tumor ml':>9} {'burden %':>9} {'lesions':>7}  note"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         name = row["case"] or Path(row["source"]).name
-        note = row["message"] if row["status"] != "done" else ("reused" if row["reused"] == "yes" else "") + (
-            f" {row['message']}" if row["message"] else "")
-        line = (f"{name[:28]:<28} {row['status']:<8} {_number(row['liver_ml']):>9} {_number(row['tumor_ml']):>9} "
-                f"{_number(row['tumor_burden_percent']):>9} {str(row['lesion_count']):>7}  {note.strip()}")
+        note = (
+            row["message"]
+            if row["status"] != "done"
+            else ("reused" if row["reused"] == "yes" else "")
+            + (f" {row['message']}" if row["message"] else "")
+        )
+        line = (
+            f"{name[:28]:<28} {row['status']:<8} {_number(row['liver_ml']):>9} {_number(row['tumor_ml']):>9} "
+            f"{_number(row['tumor_burden_percent']):>9} {str(row['lesion_count']):>7}  {note.strip()}"
+        )
         lines.append(line if len(line) <= width else line[: width - 3] + "...")
     lines.append(counts_line(rows))
     return "\n".join(lines)

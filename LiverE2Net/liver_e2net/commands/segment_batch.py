@@ -23,28 +23,60 @@ TABLE = "cohort.csv"
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "segment-batch", help="segment many CTs (files, folders, CSV lists, DICOM trees) into a cohort table",
+        "segment-batch",
+        help="segment many CTs (files, folders, CSV lists, DICOM trees) into a cohort table",
         description="Segment every CT found in INPUTS into OUTDIR/<case>/ and write OUTDIR/cohort.csv. A rerun "
-                    "reuses finished cases (checked, not just present). Under torchrun each process takes its "
-                    "share of the cases and rank 0 writes the table. Exit status 1 if any case failed.")
-    parser.add_argument("inputs", nargs="+", help="CT files, folders (walked for NIfTI/NRRD/MHA and DICOM), "
-                        "CSV files listing paths (column 'path', optional 'case')")
+        "reuses finished cases (checked, not just present). Under torchrun each process takes its "
+        "share of the cases and rank 0 writes the table. Exit status 0 when the batch ran to its end, failed "
+        "cases included (see the status column); 2 for unusable arguments.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        help="CT files, folders (walked for NIfTI/NRRD/MHA and DICOM), "
+        "CSV files listing paths (column 'path', optional 'case')",
+    )
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="batch folder")
-    parser.add_argument("--format", dest="formats", nargs="+", default=["nifti"], choices=list(LABEL_FILES),
-                        help="label map formats (default nifti); dicom-seg needs DICOM input")
+    parser.add_argument(
+        "--format",
+        dest="formats",
+        nargs="+",
+        default=["nifti"],
+        choices=list(LABEL_FILES),
+        help="label map formats (default nifti); dicom-seg needs DICOM input",
+    )
     parser.add_argument("--model", help="checkpoint (.pt); default: the bundled model")
-    parser.add_argument("--device", default="auto", help="auto (default: GPU of this rank if any), cpu, cuda[:N]")
-    parser.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes here)")
+    parser.add_argument(
+        "--device", default="auto", help="auto (default: GPU of this rank if any), cpu, cuda[:N]"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads per process (default: cores / processes here)"
+    )
     parser.add_argument("--no-tumors", dest="tumors", action="store_false", help="liver only")
-    parser.add_argument("--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)")
+    parser.add_argument(
+        "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
+    )
     parser.add_argument("--stl", action="store_true", help="also write closed STL surfaces (LPS mm) per case")
-    parser.add_argument("--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)")
-    parser.add_argument("--probabilities", action="store_true", help="also write liver/tumor probability maps")
-    parser.add_argument("--pattern", default="*", help="file-name pattern for volumes found in folders (e.g. '*_ct.nii.gz')")
-    parser.add_argument("--force", action="store_true",
-                        help="allow a model other than the one of earlier outputs in OUTDIR (recomputes those cases)")
-    parser.add_argument("--progress", default="auto", choices=["auto", "bar", "jsonl", "none"],
-                        help="bar over cases (terminal), JSON lines on stdout, or nothing")
+    parser.add_argument(
+        "--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)"
+    )
+    parser.add_argument(
+        "--probabilities", action="store_true", help="also write liver/tumor probability maps"
+    )
+    parser.add_argument(
+        "--pattern", default="*", help="file-name pattern for volumes found in folders (e.g. '*_ct.nii.gz')"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="allow a model other than the one of earlier outputs in OUTDIR (recomputes those cases)",
+    )
+    parser.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "bar", "jsonl", "none"],
+        help="bar over cases (terminal), JSON lines on stdout, or nothing",
+    )
     parser.set_defaults(func=run)
 
 
@@ -53,16 +85,26 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import Segmenter
 
     shard = Shard.from_env(os.environ)
-    options = BatchOptions(tuple(dict.fromkeys(args.formats)), args.tumors, args.min_lesion_ml, args.probabilities,
-                           args.stl, args.smoothing)
+    options = BatchOptions(
+        tuple(dict.fromkeys(args.formats)),
+        args.tumors,
+        args.min_lesion_ml,
+        args.probabilities,
+        args.stl,
+        args.smoothing,
+    )
     outdir = prepare_outdir(Path(args.output))
     discovery = discover(args.inputs, args.pattern, exclude=outdir)
     if not discovery.cases and not discovery.skipped:
-        raise UserInputError(f"no CT found in {', '.join(args.inputs)} (looked for NIfTI/NRRD/MHA files matching "
-                             f"'{args.pattern}', DICOM series and CSV lists)")
+        raise UserInputError(
+            f"no CT found in {', '.join(args.inputs)} (looked for NIfTI/NRRD/MHA files matching "
+            f"'{args.pattern}', DICOM series and CSV lists)"
+        )
     if shard.rank == 0:
         _log_discovery(discovery)
-    segmenter = Segmenter(args.model, device=rank_device(args.device, shard), threads=rank_threads(args.threads, shard))
+    segmenter = Segmenter(
+        args.model, device=rank_device(args.device, shard), threads=rank_threads(args.threads, shard)
+    )
     model = model_info(segmenter)
     refuse_mixed_models(outdir, model, args.force)
     with process_group(shard):
@@ -70,12 +112,25 @@ def run(args: argparse.Namespace) -> int:
         barrier(shard)  # every rank plans on the same state before anyone writes
         mine = shard.take(work.pending)
         if shard.rank == 0:
-            log.info("%d case(s): %d complete from an earlier run, %d to segment on %d process(es); model %s",
-                     len(discovery.cases), len(work.reusable), len(work.pending), shard.world, model["description"])
+            log.info(
+                "%d case(s): %d complete from an earlier run, %d to segment on %d process(es); model %s",
+                len(discovery.cases),
+                len(work.reusable),
+                len(work.pending),
+                shard.world,
+                model["description"],
+            )
         progress = make_reporter("none" if shard.rank and args.progress in ("auto", "bar") else args.progress)
         start = time.perf_counter()
-        records = run_share(mine, segmenter, options, outdir, model, progress,
-                            **({"rank": shard.rank} if shard.distributed else {}))
+        records = run_share(
+            mine,
+            segmenter,
+            options,
+            outdir,
+            model,
+            progress,
+            **({"rank": shard.rank, "world": shard.world} if shard.distributed else {}),
+        )
         records = gather_to_rank0(shard, records)
         elapsed = time.perf_counter() - start
     close = getattr(progress, "close", None)
@@ -86,13 +141,22 @@ def run(args: argparse.Namespace) -> int:
     rows = merge_rows(discovery, outdir, work.reusable, records)
     write_table(rows, outdir / TABLE)
     computed = sum(record["status"] == "done" for record in records)
-    rate = f"; {computed} segmented in {elapsed:.0f} s = {3600 * computed / elapsed:.1f} cases/hour" if computed else ""
+    rate = (
+        f"; {computed} segmented in {elapsed:.0f} s = {3600 * computed / elapsed:.1f} cases/hour"
+        if computed
+        else ""
+    )
     stream = sys.stderr if args.progress == "jsonl" else sys.stdout
     print(summary_text(rows) + rate + f"\ncohort table: {outdir / TABLE}", file=stream)
     if args.progress == "jsonl":
-        progress("done", 1.0, f"cohort table {outdir / TABLE}", table=str(outdir / TABLE),
-                 failed=sum(row["status"] == "failed" for row in rows))
-    return 1 if any(row["status"] == "failed" for row in rows) else 0
+        progress(
+            "done",
+            1.0,
+            f"cohort table {outdir / TABLE}",
+            table=str(outdir / TABLE),
+            failed=sum(row["status"] == "failed" for row in rows),
+        )
+    return 0
 
 
 def _log_discovery(discovery) -> None:
@@ -102,5 +166,9 @@ def _log_discovery(discovery) -> None:
         log.info("skipped %s: %s", item.source, item.reason)
     if discovery.ignored:
         names = ", ".join(Path(p).name for p in discovery.ignored[:5])
-        log.info("ignored %d file(s) that are neither volumes nor DICOM: %s%s", len(discovery.ignored), names,
-                 ", ..." if len(discovery.ignored) > 5 else "")
+        log.info(
+            "ignored %d file(s) that are not CT volumes or DICOM: %s%s",
+            len(discovery.ignored),
+            names,
+            ", ..." if len(discovery.ignored) > 5 else "",
+        )
