@@ -1,0 +1,57 @@
+"""export-model: stages from two runs become one fp16 model that the pipeline loads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from liver_e2net.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+from liver_e2net.cli import main
+from liver_e2net.config import lite_config
+
+
+def test_export_combines_stages_in_half_precision(tmp_path, capsys) -> None:
+    first = save_checkpoint(random_checkpoint(lite_config(), seed=1, name="run-a"), tmp_path / "a.pt")
+    second = save_checkpoint(
+        random_checkpoint(lite_config(), seed=2, validation_dice={"liver": 0.9}), tmp_path / "b.pt"
+    )
+    assert (
+        main(
+            [
+                "export-model",
+                "--stage1",
+                str(first),
+                "--stage2",
+                str(second),
+                "-o",
+                str(tmp_path / "m.pt"),
+                "--name",
+                "shipped",
+            ]
+        )
+        == 0
+    )
+    model = load_checkpoint(tmp_path / "m.pt")
+    a, b = load_checkpoint(first), load_checkpoint(second)
+    key = "head.conv.weight"
+    assert torch.allclose(model.stage1[key].float(), a.stage1[key], atol=1e-3)
+    assert torch.allclose(
+        model.stage2["fusion_head.conv.weight"].float(), b.stage2["fusion_head.conv.weight"], atol=1e-3
+    )
+    assert model.stage1[key].dtype == torch.float16
+    assert model.metadata["name"] == "shipped" and model.metadata["validation_dice"] == {"liver": 0.9}
+    assert (tmp_path / "m.pt").stat().st_size < 0.6 * first.stat().st_size
+
+
+def test_export_refuses_stages_of_different_configs(tmp_path, capsys) -> None:
+    other = dataclasses.replace(
+        lite_config(), stage2=dataclasses.replace(lite_config().stage2, decoder_channels=8)
+    )
+    first = save_checkpoint(random_checkpoint(lite_config()), tmp_path / "a.pt")
+    second = save_checkpoint(random_checkpoint(other), tmp_path / "b.pt")
+    assert (
+        main(["export-model", "--stage1", str(first), "--stage2", str(second), "-o", str(tmp_path / "m.pt")])
+        == 2
+    )
+    assert "different model configs" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
