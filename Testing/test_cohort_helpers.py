@@ -24,7 +24,7 @@ def write_ct_series(
     study_uid: str | None = None,
     description: str = "Abdomen",
 ) -> list[Path]:
-    """One CT Image Storage file per slice with the geometry of `image` (LPS), HU via rescale intercept -1024."""
+    """One CT Image Storage file per slice with the geometry of `image` (LPS); unsigned pixels + rescale intercept."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -34,6 +34,7 @@ def write_ct_series(
     spacing = image.GetSpacing()
     study_uid = study_uid or generate_uid()
     series_uid, frame_uid = generate_uid(), generate_uid()
+    intercept = int(min(-1024, array.min()))
     sop_class = CT_IMAGE_STORAGE if modality == "CT" else MR_IMAGE_STORAGE
     paths = []
     for k in range(array.shape[0]):
@@ -62,8 +63,8 @@ def write_ct_series(
         ds.Rows, ds.Columns = array.shape[1], array.shape[2]
         ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
-        ds.PixelData = np.clip(array[k] + 1024, 0, 65535).astype(np.uint16).tobytes()
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = intercept, 1, "HU"
+        ds.PixelData = np.clip(array[k] - intercept, 0, 65535).astype(np.uint16).tobytes()
         path = folder / f"IM{k:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
