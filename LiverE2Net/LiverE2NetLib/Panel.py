@@ -1,0 +1,251 @@
+"""The "Segment Liver & Tumors" panel on the widgets of Resources/UI/LiverE2Net.ui.
+
+A small state machine over the Logic (idle -> running -> [cancelling] -> idle); the child process reports
+through callbacks, so the GUI thread never waits. Dialogs are attributes (`askReplace`, `chooseFolder`) so tests
+can answer them. Written with method calls only (setEnabled, isChecked...), which PythonQt and PySide6 share.
+"""
+
+from __future__ import annotations
+
+import qt
+import vtk
+from liver_e2net.errors import UserInputError
+from slicer.util import VTKObservationMixin
+
+from .Models import Device
+from .Segments import (
+    SegmentationCancelled,
+    SegmentationError,
+    centreSliceViews,
+    lesionCentreRas,
+    measureSegments,
+    referenceVolume,
+    storedReport,
+)
+
+IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
+APPLY_TEXT = "Segment Liver && Tumors"  # "&&" shows one "&" on a Qt button
+STAGE_LABELS = {"load": "Loading", "stage1": "Finding the liver", "stage2": "Liver and tumors",
+                "postprocess": "Cleaning up", "write": "Writing", "done": "Done", "error": "Failed"}
+ERROR_STYLE = "color: #c62828"
+
+
+def askReplaceDialog(segmentationName: str) -> str:
+    """'replace', 'new' or 'cancel'."""
+    box = qt.QMessageBox(qt.QMessageBox.Question, "Liver E2Net",
+                         f"'{segmentationName}' already holds a result for this CT. Replace its segments?")
+    replaceButton = box.addButton("Replace", qt.QMessageBox.AcceptRole)
+    newButton = box.addButton("New segmentation", qt.QMessageBox.ActionRole)
+    box.addButton(qt.QMessageBox.Cancel)
+    box.exec()
+    return {replaceButton: "replace", newButton: "new"}.get(box.clickedButton(), "cancel")
+
+
+def chooseFolderDialog() -> str:
+    return qt.QFileDialog.getExistingDirectory(None, "Export STL files to folder")
+
+
+class SegmentationPanel(VTKObservationMixin):
+    def __init__(self, ui, logic):
+        VTKObservationMixin.__init__(self)
+        self.ui, self.logic = ui, logic
+        self.state = IDLE
+        self.askReplace = askReplaceDialog
+        self.chooseFolder = chooseFolderDialog
+        self._parameterNode = None
+        self._models = []
+        self._lesions = []
+        ui.applyButton.clicked.connect(self.onApplyButton)
+        ui.refreshModelsButton.clicked.connect(self.refreshModels)
+        ui.modelSelector.currentIndexChanged.connect(self.onModelSelected)
+        ui.updateResultsButton.clicked.connect(self.onUpdateResults)
+        ui.exportStlButton.clicked.connect(self.onExportStl)
+        ui.lesionTable.cellClicked.connect(self.onLesionClicked)
+        ui.progressBar.setVisible(False)
+        ui.lesionTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self._parameterNode = parameterNode
+        if parameterNode:
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+            self.refreshModels()
+            self.refreshDevices()
+        self.updateGui()
+
+    def cancel(self) -> None:
+        if self.state == RUNNING:
+            self.state = CANCELLING
+            self.showStatus("Cancelling...")
+            self.logic.cancel()
+            self.updateGui()
+
+    # Inputs
+
+    def refreshModels(self) -> None:
+        try:
+            self._models = self.logic.listModels()
+            note = "" if self._models else f"No model found: add a .pt file to {self.logic.userModelFolder()}."
+        except ImportError as error:
+            self._models, note = [], f"PyTorch is missing ({error}): install it with the PyTorch Utils module."
+        selector = self.ui.modelSelector
+        wasBlocked = selector.blockSignals(True)
+        selector.clear()
+        for entry in self._models:
+            selector.addItem(entry.label)
+        selector.blockSignals(wasBlocked)
+        self.ui.modelDescriptionLabel.setText(note)
+        self._syncModelSelector()
+
+    def _modelValue(self, entry) -> str:
+        """The parameter value: "" for the bundled model, so a saved scene uses the bundled model of any machine."""
+        return "" if entry.bundled else str(entry.path)
+
+    def _syncModelSelector(self) -> None:
+        if not self._parameterNode or not self._models:
+            return
+        values = [self._modelValue(entry) for entry in self._models]
+        index = values.index(self._parameterNode.model) if self._parameterNode.model in values else 0
+        wasBlocked = self.ui.modelSelector.blockSignals(True)
+        self.ui.modelSelector.setCurrentIndex(index)
+        self.ui.modelSelector.blockSignals(wasBlocked)
+        self.ui.modelDescriptionLabel.setText(self._models[index].description)
+        self.ui.modelSelector.setToolTip(str(self._models[index].path))
+        if self._parameterNode.model != values[index]:
+            self._parameterNode.model = values[index]
+
+    def onModelSelected(self, index: int) -> None:
+        if self._parameterNode and 0 <= index < len(self._models):
+            self._parameterNode.model = self._modelValue(self._models[index])
+
+    def refreshDevices(self) -> None:
+        available, reason = self.logic.gpuStatus()
+        item = self.ui.deviceSelector.model().item(self.ui.deviceSelector.findText(Device.GPU.name))
+        item.setEnabled(available)
+        item.setToolTip(reason)
+        self.ui.deviceNoteLabel.setText(f"GPU: {reason}" if available else f"GPU unavailable: {reason}")
+
+    # Running
+
+    def canRun(self) -> tuple[bool, str]:
+        if not self._parameterNode or not self._parameterNode.inputVolume:
+            return False, "Select a CT volume first."
+        if not self._models:
+            return False, "No segmentation model available: see the note under 'Model'."
+        return True, "Segment the liver and liver tumors of the selected CT."
+
+    def onApplyButton(self) -> None:
+        if self.state != IDLE:
+            self.cancel()
+            return
+        parameters = self._parameterNode
+        outputNode = parameters.outputSegmentation
+        if outputNode is not None and referenceVolume(outputNode) is parameters.inputVolume:
+            choice = self.askReplace(outputNode.GetName())
+            if choice == "cancel":
+                return
+            if choice == "new":
+                outputNode = None
+        else:
+            outputNode = None  # a result of another CT is never overwritten
+        try:
+            self.logic.startSegmentation(
+                parameters.inputVolume, model=parameters.model or None, device=parameters.device,
+                tumors=parameters.segmentTumors, smoothing=parameters.smoothing,
+                probabilities=parameters.showProbabilities, outputNode=outputNode,
+                onProgress=self.onProgress, onFinished=self.onFinished)
+        except (UserInputError, SegmentationError) as error:
+            self.showStatus(str(error), error=True)
+            return
+        self.state = RUNNING
+        self.ui.progressBar.setValue(0)
+        self.ui.progressBar.setVisible(True)
+        self.showStatus("Starting...")
+        self.updateGui()
+
+    def onProgress(self, record: dict) -> None:
+        self.ui.progressBar.setValue(round(100 * float(record.get("fraction", 0.0))))
+        stage = STAGE_LABELS.get(record["stage"], record["stage"])
+        self.showStatus(f"{stage}: {record.get('message', '')}" if record.get("message") else stage)
+
+    def onFinished(self, segmentationNode, error) -> None:
+        self.state = IDLE
+        self.ui.progressBar.setVisible(False)
+        if error is None:
+            self._parameterNode.outputSegmentation = segmentationNode
+            self.showStatus(f"Done: '{segmentationNode.GetName()}' is ready for the Segment Editor.")
+        elif isinstance(error, SegmentationCancelled):
+            self.showStatus(str(error))
+        else:
+            self.showStatus(str(error), error=True)
+        self.updateGui()
+
+    def showStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.setStyleSheet(ERROR_STYLE if error else "")
+        self.ui.statusLabel.setText(text)
+
+    def updateGui(self, caller=None, event=None) -> None:
+        idle = self.state == IDLE
+        canRun, reason = self.canRun()
+        self.ui.applyButton.setText(APPLY_TEXT if idle else "Cancel")
+        self.ui.applyButton.setEnabled(canRun if idle else self.state == RUNNING)
+        self.ui.applyButton.setToolTip(reason if idle else "Stop the segmentation; the scene stays as it was.")
+        self.ui.inputsCollapsibleButton.setEnabled(idle)
+        self._syncModelSelector()
+        self.showResults(self._parameterNode.outputSegmentation if self._parameterNode else None)
+
+    # Results
+
+    def showResults(self, segmentationNode) -> None:
+        report = storedReport(segmentationNode)
+        hasResult = report is not None and referenceVolume(segmentationNode) is not None
+        for button in (self.ui.updateResultsButton, self.ui.exportStlButton):
+            button.setEnabled(hasResult and self.state == IDLE)
+        self._lesions = report.get("lesions", []) if hasResult else []
+        table = self.ui.lesionTable
+        table.setRowCount(len(self._lesions))
+        if not hasResult:
+            for label in (self.ui.timeLabel, self.ui.liverVolumeLabel, self.ui.tumorBurdenLabel):
+                label.setText("-")
+            return
+        seconds = report.get("seconds", {})
+        self.ui.timeLabel.setText(f"{seconds.get('wall', seconds.get('total', 0.0)):.1f} s on {report.get('device', '?')}"
+                                  f" ({report.get('threads', '?')} threads)")
+        self.ui.liverVolumeLabel.setText(f"{report['liver_ml']:.1f} ml")
+        self.ui.tumorBurdenLabel.setText(f"{report['tumor_burden_percent']:.2f} % ({report['tumor_ml']:.1f} ml in "
+                                         f"{len(self._lesions)} lesions)")
+        for row, lesion in enumerate(self._lesions):
+            centre = lesionCentreRas(segmentationNode, lesion)
+            cells = [str(lesion["id"]), f"{lesion['volume_ml']:.2f}", f"{lesion['largest_axial_diameter_mm']:.1f}",
+                     f"{lesion['mean_hu']:.0f}", ", ".join(f"{value:.1f}" for value in centre)]
+            for column, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setFlags(qt.Qt.ItemIsSelectable | qt.Qt.ItemIsEnabled)
+                table.setItem(row, column, item)
+
+    def onLesionClicked(self, row: int, column: int) -> None:
+        segmentationNode = self._parameterNode.outputSegmentation
+        centreSliceViews(lesionCentreRas(segmentationNode, self._lesions[row]))
+        self.showStatus(f"Slice views centred on lesion {self._lesions[row]['id']}.")
+
+    def onUpdateResults(self) -> None:
+        try:
+            report = measureSegments(self._parameterNode.outputSegmentation)
+        except SegmentationError as error:
+            self.showStatus(str(error), error=True)
+            return
+        self.showResults(self._parameterNode.outputSegmentation)
+        self.showStatus(f"Measured the segments as edited: {len(report['lesions'])} lesions.")
+
+    def onExportStl(self) -> None:
+        folder = self.chooseFolder()
+        if not folder:
+            return
+        coordinateSystem = self._parameterNode.stlCoordinates
+        try:
+            files = self.logic.exportStl(self._parameterNode.outputSegmentation, folder, coordinateSystem)
+        except UserInputError as error:
+            self.showStatus(str(error), error=True)
+            return
+        self.showStatus(f"Wrote {len(files)} STL files ({coordinateSystem.value} coordinates) to {folder}.")
