@@ -106,6 +106,13 @@ class _Connector:
                 raise RuntimeError(f"{parameter.name}: a ctkSliderWidget needs a WithinRange annotation")
             widget.minimum, widget.maximum = bounds.minimum, bounds.maximum
             self.signal, self.read, self.write = widget.valueChanged, lambda: widget.value, widget.setValue
+        elif className == "QSpinBox" and datatype is int:
+            bounds = parameter.annotation(WithinRange)
+            if bounds:
+                widget.setRange(int(bounds.minimum), int(bounds.maximum))
+            self.signal, self.read, self.write = widget.valueChanged, widget.value, widget.setValue
+        elif className == "QLineEdit" and datatype is str:
+            self.signal, self.read, self.write = widget.textChanged, widget.text, widget.setText
         elif className == "qMRMLNodeComboBox" and _isNodeType(datatype):
             widget.nodeTypes = [datatype.__name__]
             self.signal, self.read, self.write = widget.currentNodeChanged, widget.currentNode, widget.setCurrentNode
