@@ -15,6 +15,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import SimpleITK as sitk
@@ -79,9 +80,12 @@ def model_fingerprint(checkpoint) -> str:
     return digest.hexdigest()[:16]
 
 
-def model_info(segmenter) -> dict[str, Any]:
+def model_info(checkpoint) -> dict[str, Any]:
     """What `segment --report` says about the model, plus the fingerprint that resume and --force check."""
-    return {**model_summary(segmenter), "fingerprint": model_fingerprint(segmenter.checkpoint)}
+    summary = model_summary(
+        SimpleNamespace(checkpoint=checkpoint)
+    )  # it reads only the segmenter's checkpoint
+    return {**summary, "fingerprint": model_fingerprint(checkpoint)}
 
 
 def source_signature(case: Case) -> dict[str, Any]:

@@ -9,12 +9,15 @@ import sys
 import time
 from pathlib import Path
 
+from ..checkpoint import default_model_path, load_checkpoint
 from ..cohort.batch import merge_rows, plan, prepare_outdir, refuse_mixed_models, run_share
 from ..cohort.discovery import discover
-from ..cohort.runner import LABEL_FILES, BatchOptions
+from ..cohort.ray_engine import run_on_ray
+from ..cohort.runner import LABEL_FILES, BatchOptions, model_info
 from ..cohort.sharding import Shard, barrier, gather_to_rank0, process_group, rank_device, rank_threads
 from ..cohort.table import summary_text, write_table
 from ..errors import UserInputError
+from ..pipeline import Segmenter
 from ..progress import make_reporter
 
 log = logging.getLogger("liver_e2net")
@@ -77,14 +80,25 @@ def register(subparsers) -> None:
         choices=["auto", "bar", "jsonl", "none"],
         help="bar over cases (terminal), JSON lines on stdout, or nothing",
     )
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=["local", "ray"],
+        help="local (default; also under torchrun) or ray (optional extra: pip install ray)",
+    )
+    parser.add_argument(
+        "--address",
+        default="auto",
+        help="Ray cluster to join (default auto: the running one; 'local' starts one here)",
+    )
+    parser.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else CPUs / threads)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cohort.runner import model_info
-    from ..pipeline import Segmenter
-
     shard = Shard.from_env(os.environ)
+    if args.engine == "ray" and shard.distributed:
+        raise UserInputError("--engine ray under torchrun: use one engine, not both")
     options = BatchOptions(
         tuple(dict.fromkeys(args.formats)),
         args.tumors,
@@ -102,43 +116,77 @@ def run(args: argparse.Namespace) -> int:
         )
     if shard.rank == 0:
         _log_discovery(discovery)
-    segmenter = Segmenter(
-        args.model, device=rank_device(args.device, shard), threads=rank_threads(args.threads, shard)
-    )
-    model = model_info(segmenter)
+    checkpoint = _checkpoint(args.model)
+    model = model_info(checkpoint)
     refuse_mixed_models(outdir, model, args.force)
-    with process_group(shard):
+    progress = make_reporter("none" if shard.rank and args.progress in ("auto", "bar") else args.progress)
+    start = time.perf_counter()
+    if args.engine == "ray":
         work = plan(discovery.cases, outdir, options, model["fingerprint"])
-        barrier(shard)  # every rank plans on the same state before anyone writes
-        mine = shard.take(work.pending)
-        if shard.rank == 0:
-            log.info(
-                "%d case(s): %d complete from an earlier run, %d to segment on %d process(es); model %s",
-                len(discovery.cases),
-                len(work.reusable),
-                len(work.pending),
-                shard.world,
-                model["description"],
-            )
-        progress = make_reporter("none" if shard.rank and args.progress in ("auto", "bar") else args.progress)
-        start = time.perf_counter()
-        records = run_share(
-            mine,
-            segmenter,
+        _log_plan(discovery, work, "Ray workers", model)
+        records = run_on_ray(
+            list(work.pending),
+            checkpoint,
             options,
             outdir,
             model,
+            args.address,
+            args.workers,
+            args.threads,
+            args.device,
             progress,
-            **({"rank": shard.rank, "world": shard.world} if shard.distributed else {}),
         )
-        records = gather_to_rank0(shard, records)
-        elapsed = time.perf_counter() - start
+    else:
+        segmenter = Segmenter(
+            checkpoint, device=rank_device(args.device, shard), threads=rank_threads(args.threads, shard)
+        )
+        with process_group(shard):
+            work = plan(discovery.cases, outdir, options, model["fingerprint"])
+            barrier(shard)  # every rank plans on the same state before anyone writes
+            if shard.rank == 0:
+                _log_plan(discovery, work, f"{shard.world} process(es)", model)
+            records = run_share(
+                shard.take(work.pending),
+                segmenter,
+                options,
+                outdir,
+                model,
+                progress,
+                **({"rank": shard.rank, "world": shard.world} if shard.distributed else {}),
+            )
+            records = gather_to_rank0(shard, records)
+    elapsed = time.perf_counter() - start
     close = getattr(progress, "close", None)
     if close:
         close()
-    if shard.rank != 0:
-        return 0
-    rows = merge_rows(discovery, outdir, work.reusable, records)
+    if shard.rank == 0:
+        _finish(
+            args, merge_rows(discovery, outdir, work.reusable, records), records, elapsed, outdir, progress
+        )
+    return 0
+
+
+def _checkpoint(path: str | None):
+    """The checkpoint itself (not a Segmenter): Ray ships it to its workers, and the fingerprint needs it first."""
+    path = path or default_model_path()
+    if path is None:
+        raise UserInputError("no model given and no bundled model found in Resources/Models; pass --model")
+    return load_checkpoint(path)
+
+
+def _log_plan(discovery, work, workers: str, model: dict) -> None:
+    log.info(
+        "%d case(s): %d complete from an earlier run, %d to segment on %s; model %s",
+        len(discovery.cases),
+        len(work.reusable),
+        len(work.pending),
+        workers,
+        model["description"],
+    )
+
+
+def _finish(args, rows: list[dict], records: list[dict], elapsed: float, outdir: Path, progress) -> None:
+    """cohort.csv, then the summary (stdout, or stderr when stdout carries JSON lines)."""
     write_table(rows, outdir / TABLE)
     computed = sum(record["status"] == "done" for record in records)
     rate = (
@@ -148,15 +196,13 @@ def run(args: argparse.Namespace) -> int:
     )
     stream = sys.stderr if args.progress == "jsonl" else sys.stdout
     print(summary_text(rows) + rate + f"\ncohort table: {outdir / TABLE}", file=stream)
-    if args.progress == "jsonl":
-        progress(
-            "done",
-            1.0,
-            f"cohort table {outdir / TABLE}",
-            table=str(outdir / TABLE),
-            failed=sum(row["status"] == "failed" for row in rows),
-        )
-    return 0
+    progress(
+        "done",
+        1.0,
+        f"cohort table {outdir / TABLE}",
+        table=str(outdir / TABLE),
+        failed=sum(row["status"] == "failed" for row in rows),
+    )
 
 
 def _log_discovery(discovery) -> None:
