@@ -7,13 +7,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-FAKE_CHILD = Path(__file__).resolve().parent / "slicer_standins" / "fake_liver_e2net.py"
+from slicer_helpers import FAKE_CHILD, isAlive, nodeIds
 
 
 @pytest.fixture
@@ -31,24 +29,6 @@ def fakeModel(tmp_path) -> Path:
     path = tmp_path / "fake.pt"
     path.write_bytes(b"not read")
     return path
-
-
-def nodeIds(scene) -> list[str]:
-    return [scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())]
-
-
-def isAlive(pid: int, graceSeconds: float = 5.0) -> bool:
-    """Still running after `graceSeconds` (SIGKILL lands asynchronously); a zombie, killed but not yet reaped by a
-    container's init, counts as dead."""
-    deadline = time.monotonic() + graceSeconds
-    while True:
-        try:
-            alive = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-        except FileNotFoundError:
-            alive = False
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.05)
 
 
 def runFake(mode: str, monkeypatch, tmp_path, isCancelled=lambda: False):
