@@ -288,3 +288,20 @@ def test_csv_case_list_names_cases_and_records_missing_paths(tmp_path, batch, mo
         sitk.ReadImage(str(out / "patient_1" / "probabilities.nii.gz")).GetNumberOfComponentsPerPixel() == 2
     )
     assert os.path.basename(rows["patient_1"]["source"]) == "scan.nii.gz"
+
+
+def test_a_table_that_cannot_be_written_loses_no_case(tmp_path, batch, model, monkeypatch) -> None:
+    from liver_e2net.commands import segment_batch
+
+    ct = small_ct(tmp_path / "ct.nii.gz")
+    out = tmp_path / "out"
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(segment_batch, "write_table", no_space)
+        code, stdout, stderr = batch(ct, "-o", out, "--model", model)
+    assert code == 2 and "could not be written" in stderr and "1 done" in stdout
+    code, stdout, _ = batch(ct, "-o", out, "--model", model)
+    assert code == 0 and rows_by_case(out / "cohort.csv")["ct"]["reused"] == "yes"

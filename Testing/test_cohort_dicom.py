@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +177,34 @@ def test_batch_writes_dicom_seg_for_dicom_input_and_refuses_it_for_nifti(
         record["outputs"]["dicom-seg"]["path"] == "seg.dcm"
         and record["series_uid"] == rows[name]["series_uid"]
     )
+
+
+def test_dcmqi_reads_the_seg_as_slicer_does(tmp_path, axial_series, ct) -> None:
+    """dcmqi's segimage2itkimage is the reader of Slicer's QuantitativeReporting (pip install dcmqi; skips if absent)."""
+    program = shutil.which("segimage2itkimage")
+    if program is None:
+        pytest.skip("dcmqi's segimage2itkimage not on PATH (pip install dcmqi)")
+    label = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    label[2:14, 25:75, 20:90] = 1
+    label[6:9, 40:52, 40:60] = 2
+    files = [str(p) for p in group_series([str(p) for p in axial_series])[0][0].files]
+    seg = write_dicom_seg(label, files, tmp_path / "seg.dcm", "test-model abc123")
+    done = subprocess.run(
+        [program, "--inputDICOM", str(seg), "--outputDirectory", str(tmp_path), "--outputType", "nifti"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    segments = [group[0] for group in meta["segmentAttributes"]]
+    assert [s["SegmentLabel"] for s in segments] == ["Liver", "Liver tumor"]
+    assert [s["SegmentedPropertyTypeCodeSequence"]["CodeValue"] for s in segments] == [
+        "10200004",
+        "108369006",
+    ]
+    reference = sitk.GetImageFromArray(label)
+    reference.CopyInformation(ct)
+    for number, expected in ((1, label >= 1), (2, label == 2)):
+        image = sitk.ReadImage(str(tmp_path / f"{number}.nii.gz"))
+        on_grid = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
+        assert np.array_equal(sitk.GetArrayFromImage(on_grid) > 0, expected)

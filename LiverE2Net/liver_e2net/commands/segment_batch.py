@@ -186,8 +186,8 @@ def _log_plan(discovery, work, workers: str, model: dict) -> None:
 
 
 def _finish(args, rows: list[dict], records: list[dict], elapsed: float, outdir: Path, progress) -> None:
-    """cohort.csv, then the summary (stdout, or stderr when stdout carries JSON lines)."""
-    write_table(rows, outdir / TABLE)
+    """The summary (stdout, or stderr when stdout carries JSON lines), then cohort.csv. If the table cannot be
+    written (disk full), the summary is still shown and the case records stay: a rerun writes the table."""
     computed = sum(record["status"] == "done" for record in records)
     rate = (
         f"; {computed} segmented in {elapsed:.0f} s = {3600 * computed / elapsed:.1f} cases/hour"
@@ -195,7 +195,15 @@ def _finish(args, rows: list[dict], records: list[dict], elapsed: float, outdir:
         else ""
     )
     stream = sys.stderr if args.progress == "jsonl" else sys.stdout
-    print(summary_text(rows) + rate + f"\ncohort table: {outdir / TABLE}", file=stream)
+    print(summary_text(rows) + rate, file=stream)
+    try:
+        write_table(rows, outdir / TABLE)
+    except (OSError, UserInputError) as error:
+        raise UserInputError(
+            f"the cohort table {outdir / TABLE} could not be written ({error}); the finished cases "
+            "are kept: free space and rerun to write it (nothing is recomputed)"
+        ) from error
+    print(f"cohort table: {outdir / TABLE}", file=stream)
     progress(
         "done",
         1.0,
