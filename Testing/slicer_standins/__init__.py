@@ -13,6 +13,8 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 MODULE_FOLDER = REPOSITORY / "LiverE2Net"
+MODULE_FOLDERS = (MODULE_FOLDER, REPOSITORY / "LiverE2NetTraining")
+_application = []
 _segmentationLogics = []  # a scene needs a live segmentation logic for its converter rules
 
 
@@ -29,10 +31,15 @@ def install() -> None:
         setattr(slicer, name, module)
     slicer.qMRMLWidget, slicer.qMRMLNodeComboBox = widgets.qMRMLWidget, widgets.qMRMLNodeComboBox
     slicer.util.childWidgetVariables = childWidgetVariables
-    if str(MODULE_FOLDER) not in sys.path:
-        sys.path.insert(0, str(MODULE_FOLDER))
+    for folder in MODULE_FOLDERS:  # Slicer puts every module's folder on sys.path
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     if getattr(slicer, "mrmlScene", None) is None:
         newScene()
+    from PySide6.QtWidgets import QApplication
+
+    if QApplication.instance() is None:  # Slicer always runs one; event loops and QProcess signals need it
+        _application.append(QApplication([]))
 
 
 def newScene():
