@@ -160,6 +160,21 @@ def test_replacing_keeps_the_node_and_a_failed_run_keeps_its_segments(logic, sam
     assert nodeIds(mrmlScene) == before and second.GetSegmentation().GetNumberOfSegments() == 2
 
 
+def test_nodes_removed_during_a_run_are_not_resurrected(logic, sampleCt, fakeModel, mrmlScene, monkeypatch):
+    from LiverE2NetLib.Segments import SegmentationError
+
+    monkeypatch.setenv("FAKE_LIVER_E2NET", "ok")
+    earlier = logic.segment(sampleCt, model=fakeModel)
+    removeOnce = lambda record: earlier.GetScene() and mrmlScene.RemoveNode(earlier)  # noqa: E731
+    replacement = logic.segment(sampleCt, model=fakeModel, outputNode=earlier, progressCallback=removeOnce)
+    assert replacement is not earlier and mrmlScene.IsNodePresent(replacement)
+    before = nodeIds(mrmlScene)
+    before.remove(sampleCt.GetID())
+    with pytest.raises(SegmentationError, match="CT volume was removed while it was being segmented"):
+        logic.segment(sampleCt, model=fakeModel, progressCallback=lambda record: mrmlScene.RemoveNode(sampleCt))
+    assert nodeIds(mrmlScene) == before
+
+
 def test_missing_python_packages_are_named_with_the_fix(logic, sampleCt, fakeModel, monkeypatch):
     from liver_e2net.errors import UserInputError
     from LiverE2NetLib import Inputs

@@ -114,6 +114,8 @@ def run(widget, mode: str, monkeypatch, onEachLoop=None) -> None:
 
 
 def test_button_states_models_and_devices(panelWidget, mrmlScene, liteModel):
+    import shutil
+
     import slicer
 
     ui, parameters = panelWidget.ui, panelWidget.logic.getParameterNode()
@@ -132,6 +134,9 @@ def test_button_states_models_and_devices(panelWidget, mrmlScene, liteModel):
     assert parameters.model.endswith("broken.pt") and ui.modelDescriptionLabel.text().startswith("unreadable: ")
     ui.modelSelector.setCurrentIndex(2)
     assert parameters.model.endswith("mine.pt") and ui.modelDescriptionLabel.text() == "random-lite | lite config"
+    shutil.copy(liteModel, Path(parameters.model).with_name("newly trained.pt"))
+    ui.refreshModelsButton.click()
+    assert ui.modelSelector.itemText(3) == "newly trained" and ui.modelSelector.currentText() == "mine"
     # Devices: GPU greyed out with the reason when CUDA is absent (this machine has a CPU-only PyTorch).
     available, reason = panelWidget.logic.gpuStatus()
     gpuItem = ui.deviceSelector.model().item(ui.deviceSelector.findText("GPU"))

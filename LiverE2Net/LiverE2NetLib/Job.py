@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import slicer
 from liver_e2net.errors import UserInputError
 
 from .ChildProcess import ProcessResult
@@ -79,9 +80,13 @@ class SegmentationJob:
             raise SegmentationCancelled("Segmentation cancelled: the scene is unchanged.")
         if not result.succeeded:
             raise SegmentationError(result.failureMessage())
+        scene = slicer.mrmlScene
+        if not scene.IsNodePresent(self.volumeNode):
+            raise SegmentationError("The CT volume was removed while it was being segmented: nothing was added.")
+        outputNode = self.outputNode if self.outputNode and scene.IsNodePresent(self.outputNode) else None
         report = json.loads(self.reportPath.read_text(encoding="utf-8"))
         report.setdefault("seconds", {})["wall"] = round(time.monotonic() - self.started, 2)  # start-up included
-        return importResult(self.labelPath, self.volumeNode, self.outputNode, report, self.tumors, self.smoothing,
+        return importResult(self.labelPath, self.volumeNode, outputNode, report, self.tumors, self.smoothing,
                             self.probabilitiesPath if self.probabilities else None)
 
     def cleanup(self) -> None:
