@@ -32,7 +32,7 @@ TINY = dataclasses.replace(
     lite_config(),
     preprocessing=dataclasses.replace(lite_config().preprocessing, stage1_pixel_mm=2.0, stage2_size=64),
 )
-QUICK = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, val_cases=("b",))
+QUICK = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, val_cases=("b",), bn_calibration_samples=2)
 
 
 def phantom(name: str, seed: int = 0, shape=(6, 64, 64), spacing=(2.0, 2.0, 3.0)) -> TrainingCase:
@@ -248,23 +248,11 @@ def real_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     cases = [(shared_case(f"{n}_ct.nii.gz"), shared_case(f"{n}_label.nii.gz")) for n in ("case02", "case04")]
     common = ["--cache", str(root / "cache"), "--device", "cpu", "--threads", "1", "--progress", "jsonl"]
-    first = [
-        "train",
-        *[a for pair in cases for a in ("--case", str(pair[0]), str(pair[1]))],
-        "-o",
-        str(root / "run"),
-    ]
-    first += [
-        "--val-cases",
-        "case04",
-        "--epochs",
-        "1",
-        "--steps-per-epoch",
-        "2",
-        "--batch-size",
-        "2",
-        *common,
-    ]
+    pairs = [arg for ct, label in cases for arg in ("--case", str(ct), str(label))]
+    options = (
+        "--val-cases case04 --epochs 1 --steps-per-epoch 2 --batch-size 2 --bn-calibration-samples 2".split()
+    )
+    first = ["train", *pairs, "-o", str(root / "run"), *options, *common]
     codes = [cli.main(first), cli.main(["train", "--resume", str(root / "run"), "--epochs", "2", *common])]
     return root / "run", codes
 
@@ -276,10 +264,11 @@ def test_real_run_writes_loadable_checkpoints_and_resume_continues(real_run, cap
     assert best.config == lite_config()
     assert last.metadata["training_cases"] == ["case02"] and last.metadata["validation_cases"] == ["case04"]
     assert last.metadata["stage_epochs"] == {"stage1": 2, "stage2": 2} and last.metadata["epochs"] == 4
-    assert (
-        0 <= best.metadata["validation_dice"]["liver"] <= 1
-        and best.metadata["validation_dice"]["tumor"] is None
-    )
+    dice = best.metadata["validation_dice"]
+    assert 0 <= dice["liver"] <= 1 and dice["tumor"] in (
+        None,
+        0.0,
+    )  # case04 has no tumor: 0 once one is predicted
     assert last.metadata["command_line"].startswith("liver-e2net")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [
@@ -309,7 +298,7 @@ def test_resume_with_another_config_is_refused(real_run, capsys):
 
 
 class InterruptAt:
-    """A progress reporter that sends this process SIGINT at its first report of `stage`."""
+    """A progress reporter that sends this process SIGINT at its first report of `stage` (after its first step)."""
 
     def __init__(self, stage: str):
         self.stage, self.sent, self.lines = stage, False, []
@@ -335,10 +324,8 @@ def test_sigint_stops_after_the_step_and_resume_is_exact(tmp_path):
         assert read_state(tmp_path / "split")["stages"]["stage2"]["step"] == 1
         assert (tmp_path / "split" / "best.pt").exists()  # stage 1's best stays
         resumed = Trainer(cases, tmp_path / "split", resume=True, **options).run()
-        assert resumed.exit_code == 0 and resumed.stage_epochs == whole.stage_epochs == {
-            "stage1": 1,
-            "stage2": 1,
-        }
+        assert resumed.exit_code == 0
+        assert resumed.stage_epochs == whole.stage_epochs == {"stage1": 1, "stage2": 1}
     finally:
         torch.set_num_threads(threads)
     expected, actual = load_checkpoint(whole.last), load_checkpoint(resumed.last)

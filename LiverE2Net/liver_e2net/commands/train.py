@@ -25,6 +25,7 @@ CONFIG_OPTIONS = (
     "synthetic_tumors",
     "stages",
     "seed",
+    "bn_calibration_samples",
 )
 
 
@@ -81,6 +82,12 @@ def register(subparsers) -> None:
         type=float,
         metavar="P",
         help="probability of painting synthetic tumors into a stage-2 sample (default 0)",
+    )
+    optimisation.add_argument(
+        "--bn-calibration-samples",
+        type=int,
+        metavar="N",
+        help="un-augmented samples that recompute BatchNorm statistics before each validation (default 64)",
     )
     optimisation.add_argument(
         "--seed", type=int, help="seed of the split, initial weights and samples (default 0)"

@@ -58,6 +58,7 @@ class TrainConfig:
     stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
     stage2_extra_slices: int = 2  # slices above and below the liver box also used in stage 2
     tumor_slice_fraction: float = 0.5  # share of a tumor case's stage-2 samples drawn from tumor slices
+    bn_calibration_samples: int = 64  # un-augmented samples that recompute BatchNorm statistics per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -81,6 +82,7 @@ class TrainConfig:
                 f"--synthetic-tumors {self.synthetic_tumors}: a probability in [0, 1]",
             ),
             (0 <= self.tumor_slice_fraction <= 1, "tumor_slice_fraction must be in [0, 1]"),
+            (self.bn_calibration_samples >= 0, "bn_calibration_samples must be >= 0"),
             (
                 0 <= self.stage2_pad_native[0] <= self.stage2_pad_native[1],
                 "stage2_pad_native must be (low, high)",

@@ -7,6 +7,7 @@ middle of an epoch sees the very samples it would have seen.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -26,6 +27,7 @@ log = logging.getLogger("liver_e2net.training")
 
 STRIDE = 32  # the networks downsample 32 times
 SYNTHETIC_SLAB_HALF = 2  # slices either side of the sample's slice given to the 3D tumor painter
+TRAINING, CALIBRATION = 0, 1  # independent random streams of samples
 
 
 class EpochSampler(Sampler[int]):
@@ -46,14 +48,28 @@ class EpochSampler(Sampler[int]):
 class _Samples(Dataset):
     stage = 0
 
-    def __init__(self, cases: list[CachedCase], model_config: ModelConfig, train_config: TrainConfig):
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        stream: int = TRAINING,  # TRAINING or CALIBRATION
+    ):
         self.cases = cases
+        self.model_config = model_config
         self.prep = model_config.preprocessing
         self.config = train_config
+        self.stream = stream
         self.epoch = 0  # set by the trainer before each epoch's iterator is created
 
     def rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.config.seed, self.stage, self.epoch, index])
+        return np.random.default_rng([self.config.seed, self.stage, self.stream, self.epoch, index])
+
+    def calibration(self) -> _Samples:
+        """The same samples without augmentation, drawn from their own stream: for BatchNorm statistics."""
+        augment = dataclasses.replace(self.config.augment, enabled=False)
+        config = dataclasses.replace(self.config, augment=augment)
+        return type(self)(self.cases, self.model_config, config, CALIBRATION)
 
     def _hu(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """HU (augmented) -> normalised float32, as inference's normalize_hu."""
@@ -81,8 +97,14 @@ class Stage1Samples(_Samples):
 
     stage = 1
 
-    def __init__(self, cases: list[CachedCase], model_config: ModelConfig, train_config: TrainConfig):
-        super().__init__(cases, model_config, train_config)
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        stream: int = TRAINING,
+    ):
+        super().__init__(cases, model_config, train_config, stream)
         self.grid, self.crop = [], []
         for case in cases:
             spacing_yx = (case.spacing[1], case.spacing[0])
@@ -124,8 +146,14 @@ class Stage2Samples(_Samples):
 
     stage = 2
 
-    def __init__(self, cases: list[CachedCase], model_config: ModelConfig, train_config: TrainConfig):
-        super().__init__(cases, model_config, train_config)
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        stream: int = TRAINING,
+    ):
+        super().__init__(cases, model_config, train_config, stream)
         extra = train_config.stage2_extra_slices
         self.z_ranges = [
             (max(0, c.liver_box.z0 - extra), min(c.shape[0], c.liver_box.z1 + extra)) for c in cases

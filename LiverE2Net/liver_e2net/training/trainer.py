@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..config import ModelConfig, get_config
@@ -30,6 +30,7 @@ from ..errors import UserInputError
 from ..models import build_network
 from ..progress import Reporter, null_reporter
 from . import distributed, run_folder
+from .batchnorm import recalibrate_batchnorm
 from .cache import prepare_cases
 from .config import TrainConfig
 from .losses import stage1_loss, stage2_loss
@@ -280,6 +281,7 @@ class Trainer:
             scaler.load_state_dict(saved["scaler"])
             schedule = PlateauSchedule.from_state(saved["schedule"])
         dataset = (Stage1Samples if stage == 1 else Stage2Samples)(self.training, self.model_config, config)
+        calibration = dataset.calibration()
         steps = config.steps_per_epoch or math.ceil(len(dataset) / (config.batch_size * self.dist.world_size))
         epoch, step, sums = saved.get("epoch", 0), saved.get("step", 0), saved.get("sums", {})
         log.info(
@@ -311,15 +313,7 @@ class Trainer:
             _set_lr(optimizer, schedule.lr)
             epoch_start = time.monotonic()
             model.train()
-            loader = DataLoader(
-                dataset,
-                batch_size=config.batch_size,
-                num_workers=self.workers,
-                sampler=EpochSampler(steps, config.batch_size, self.dist.rank, self.dist.world_size, step),
-                pin_memory=self.device.type == "cuda",
-                worker_init_fn=_worker_init,
-            )
-            for batch in loader:
+            for batch in self._loader(dataset, steps, step):
                 loss, parts = self._step(stage, model, optimizer, scaler, batch)
                 step += 1
                 for name, value in {"loss": loss, **parts, "steps": 1}.items():
@@ -328,6 +322,8 @@ class Trainer:
                 if self.dist.any(self.stop_signal is not None):
                     save_position(epoch, step, sums)
                     return 128 + (self.stop_signal or signal.SIGTERM)
+            train_seconds = time.monotonic() - epoch_start
+            self._calibrate_batchnorm(network, calibration, epoch)
             self.dist.average_buffers(network)
             result = validate(
                 stage,
@@ -342,8 +338,9 @@ class Trainer:
             action = schedule.step(result.loss)
             info = {"epoch": epoch + 1, "val_loss": result.loss, "dice": result.dice}
             self.last_info[key] = info
+            timing = {"train_seconds": train_seconds, "seconds": time.monotonic() - epoch_start}
             self._log_epoch(
-                stage, epoch, steps, sums, result, optimizer.param_groups[0]["lr"], epoch_start, action
+                stage, epoch, steps, sums, result, optimizer.param_groups[0]["lr"], timing, action
             )
             epoch, step, sums = epoch + 1, 0, {}
             save_position(epoch, step, sums, converged=action == "stop")
@@ -357,6 +354,29 @@ class Trainer:
                 return 128 + (self.stop_signal or signal.SIGTERM)
         self.networks[stage] = network.cpu()
         return 0
+
+    def _loader(self, samples: Dataset, steps: int, start_step: int = 0) -> DataLoader:
+        """This process's batches of `steps` global steps, from `start_step` on."""
+        batch, rank, world_size = self.config.batch_size, self.dist.rank, self.dist.world_size
+        return DataLoader(
+            samples,
+            batch_size=batch,
+            num_workers=self.workers,
+            sampler=EpochSampler(steps, batch, rank, world_size, start_step),
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init,
+        )
+
+    def _calibrate_batchnorm(
+        self, network: torch.nn.Module, samples: Stage1Samples | Stage2Samples, epoch: int
+    ) -> None:
+        """Precise BatchNorm statistics for validation and the checkpoints (see batchnorm.py)."""
+        count = self.config.bn_calibration_samples
+        if count:
+            samples.epoch = epoch
+            steps = math.ceil(count / (self.config.batch_size * self.dist.world_size))
+            images = (batch[0] for batch in self._loader(samples, steps))
+            recalibrate_batchnorm(network, images, self.device, self._autocast())
 
     def _step(
         self,
@@ -446,7 +466,7 @@ class Trainer:
         sums: dict,
         result: ValidationResult,
         lr: float,
-        start: float,
+        timing: dict[str, float],
         action: str,
     ) -> None:
         train = {
@@ -466,7 +486,7 @@ class Trainer:
             "val_dice_tumor": result.dice["tumor"],
             "lr": lr,
             "steps": steps,
-            "seconds": round(time.monotonic() - start, 2),
+            **{name: round(value, 2) for name, value in timing.items()},
         }
         log.info(
             "stage %d epoch %d: train loss %.4f, val loss %.4f, val Dice liver %s tumor %s, lr %g, %.1f s (%s)",
@@ -498,11 +518,13 @@ class Trainer:
         message: str | None = None,
         dice: dict[str, float | None] | None = None,
     ) -> None:
-        """Progress of epoch `epoch` (0-based) after `step` of `steps`; throttled unless it carries a message."""
+        """Progress of epoch `epoch` (0-based) after `step` of `steps`; throttled, except an epoch's first step
+        and reports with a message."""
         now = time.monotonic()
-        if not self.dist.is_main or (
-            message is None and now - getattr(self, "_reported", 0.0) < REPORT_INTERVAL_S
-        ):
+        throttled = (
+            message is None and step != 1 and now - getattr(self, "_reported", 0.0) < REPORT_INTERVAL_S
+        )
+        if not self.dist.is_main or throttled:
             return
         self._reported = now
         stages = self.config.stages
