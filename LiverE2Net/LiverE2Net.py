@@ -4,6 +4,7 @@ Thin on purpose: the network runs in a child process (`liver_e2net segment`), th
 LiverE2NetLib/, and this file holds the Module, ParameterNode, Widget, Logic and Test classes.
 """
 
+import logging
 import os
 import shutil
 import tempfile
@@ -142,6 +143,7 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
     def segment(self, volumeNode, model=None, device="auto", tumors=True, smoothing=0.5, probabilities=False,
                 outputNode=None, progressCallback=None):
         """Runs the child and waits: returns the segmentation node (a new one, or `outputNode` replaced)."""
+        self._checkIdle()
         job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, tumors, smoothing, probabilities,
                                      outputNode)
         self._cancelRequested = False
@@ -155,6 +157,7 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
     def startSegmentation(self, volumeNode, model=None, device="auto", tumors=True, smoothing=0.5,
                           probabilities=False, outputNode=None, onProgress=None, onFinished=None) -> None:
         """Returns at once; `onProgress(record)` follows the child, `onFinished(node, error)` ends the run."""
+        self._checkIdle()
         job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, tumors, smoothing, probabilities,
                                      outputNode)
 
@@ -164,6 +167,9 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
                 node = job.finish(result)
             except SegmentationError as failure:
                 error = failure
+            except Exception as failure:  # a bug here must not leave the panel waiting for ever
+                logging.exception("Liver E2Net: importing the result failed")
+                error = SegmentationError(f"Importing the result failed: {failure}")
             finally:
                 job.cleanup()
                 self._process = None
@@ -173,6 +179,10 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
         self._cancelRequested = False
         self._process = self.processFactory()
         self._process.start(job.command, childEnvironment(), onProgress, finished)
+
+    def _checkIdle(self) -> None:
+        if self._process is not None:
+            raise SegmentationError("A segmentation is already running: wait for it or cancel it.")
 
     def cancel(self) -> None:
         """Kills the child's process tree; the scene stays as it was."""

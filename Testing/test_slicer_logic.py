@@ -160,6 +160,16 @@ def test_replacing_keeps_the_node_and_a_failed_run_keeps_its_segments(logic, sam
     assert nodeIds(mrmlScene) == before and second.GetSegmentation().GetNumberOfSegments() == 2
 
 
+def test_a_child_that_writes_nothing_fails_cleanly(logic, sampleCt, fakeModel, mrmlScene, monkeypatch):
+    from LiverE2NetLib.Segments import SegmentationError
+
+    monkeypatch.setenv("FAKE_LIVER_E2NET", "empty")
+    before = nodeIds(mrmlScene)
+    with pytest.raises(SegmentationError, match="finished without a readable report"):
+        logic.segment(sampleCt, model=fakeModel)
+    assert nodeIds(mrmlScene) == before
+
+
 def test_nodes_removed_during_a_run_are_not_resurrected(logic, sampleCt, fakeModel, mrmlScene, monkeypatch):
     from LiverE2NetLib.Segments import SegmentationError
 

@@ -202,6 +202,8 @@ def test_progress_results_lesions_and_stl_export(panelWidget, sampleCt, mrmlScen
 
 def test_cancel_kills_the_child_and_leaves_the_scene_as_it_was(panelWidget, sampleCt, mrmlScene, monkeypatch,
                                                                tmp_path):
+    from LiverE2NetLib.Segments import SegmentationError
+
     ui = panelWidget.ui
     ui.inputSelector.setCurrentNode(sampleCt)
     before = nodeIds(mrmlScene)
@@ -209,6 +211,8 @@ def test_cancel_kills_the_child_and_leaves_the_scene_as_it_was(panelWidget, samp
     ui.applyButton.click()
     waitFor(lambda: ui.statusLabel.text().startswith("Finding the liver"))
     assert shownText(ui.applyButton) == "Cancel" and not ui.progressBar.isHidden()
+    with pytest.raises(SegmentationError, match="already running"):
+        panelWidget.logic.segment(sampleCt)
     ui.applyButton.click()
     assert ui.statusLabel.text() == "Cancelling..." and not ui.applyButton.isEnabled()
     waitFor(lambda: panelWidget.panel.state == "idle", timeoutSeconds=20)
@@ -232,6 +236,21 @@ def test_a_failure_shows_the_childs_message_not_a_traceback(panelWidget, sampleC
     assert ui.statusLabel.text().endswith(message) and "Traceback" not in ui.statusLabel.text()
     assert ui.statusLabel.styleSheet() == "color: #c62828"
     assert nodeIds(mrmlScene) == before and shownText(ui.applyButton) == APPLY_TEXT
+
+
+def test_an_unexpected_import_failure_returns_the_panel_to_idle(panelWidget, sampleCt, mrmlScene, monkeypatch):
+    from LiverE2NetLib import Job
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(Job, "importResult", broken)
+    ui = panelWidget.ui
+    ui.inputSelector.setCurrentNode(sampleCt)
+    before = nodeIds(mrmlScene)
+    run(panelWidget, "ok", monkeypatch)
+    assert ui.statusLabel.text() == "Importing the result failed: boom"
+    assert shownText(ui.applyButton) == APPLY_TEXT and nodeIds(mrmlScene) == before
 
 
 def test_bad_input_is_explained_in_the_panel(panelWidget, mrmlScene):

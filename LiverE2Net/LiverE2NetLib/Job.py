@@ -84,7 +84,10 @@ class SegmentationJob:
         if not scene.IsNodePresent(self.volumeNode):
             raise SegmentationError("The CT volume was removed while it was being segmented: nothing was added.")
         outputNode = self.outputNode if self.outputNode and scene.IsNodePresent(self.outputNode) else None
-        report = json.loads(self.reportPath.read_text(encoding="utf-8"))
+        try:
+            report = json.loads(self.reportPath.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise SegmentationError(f"The segmentation finished without a readable report ({error}).") from None
         report.setdefault("seconds", {})["wall"] = round(time.monotonic() - self.started, 2)  # start-up included
         return importResult(self.labelPath, self.volumeNode, outputNode, report, self.tumors, self.smoothing,
                             self.probabilitiesPath if self.probabilities else None)

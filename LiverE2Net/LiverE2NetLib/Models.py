@@ -66,6 +66,8 @@ def listModels(userFolder: Path | None = None) -> list[ModelEntry]:
 
 def gpuStatus() -> tuple[bool, str]:
     """(available, reason): the GPU choice is greyed out with the reason when CUDA is absent."""
-    from liver_e2net.devices import cuda_status
-
+    try:
+        from liver_e2net.devices import cuda_status
+    except ImportError as error:
+        return False, f"PyTorch is not installed ({error})"
     return cuda_status()

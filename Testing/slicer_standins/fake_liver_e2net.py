@@ -7,6 +7,7 @@ FAKE_LIVER_E2NET selects the behaviour:
   slow  one progress line, a grandchild process, then sleeps: for cancel. Both pids go to FAKE_LIVER_E2NET_PIDS.
   fail  the core's failure protocol: an error line on stdout, the message on stderr, exit code 2.
   crash an unhandled exception: a Python traceback on stderr, exit code 1, no error line.
+  empty "done" and exit code 0, but no output files: a child that lies must not crash the Slicer side.
 """
 
 import argparse
@@ -81,6 +82,8 @@ def main():
         emit("error", 1.0, message)
         print(f"liver-e2net segment: error: {message}", file=sys.stderr)
         sys.exit(2)
+    elif mode == "empty":
+        emit("done", 1.0, "nothing written")
     elif mode == "crash":
         emit("load", 0.0, "loading")
         raise RuntimeError("CUDA error: out of memory")
