@@ -32,6 +32,7 @@ from LiverE2NetTrainingLib.Run import (
     TrainingRun,
     TrainingSettings,
     canResume,
+    cliCommand,
     resumeCommand,
     trainCommand,
 )
@@ -146,6 +147,7 @@ class LiverE2NetTrainingLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.processFactory = processFactory
         self.modelFolder = modelFolder
+        self.cliCommand = cliCommand()
 
     def getParameterNode(self):
         return LiverE2NetTrainingParameterNode(super().getParameterNode())
@@ -203,7 +205,7 @@ class LiverE2NetTrainingLogic(ScriptedLoadableModuleLogic):
             self._setAside(settings)
         dataFolder = settings.runFolder / DATA_FOLDER
         self.exportTrainingPairs(pairs, dataFolder)
-        return self._start(trainCommand(settings, dataFolder), settings, onUpdate, onFinished)
+        return self._start(trainCommand(self.cliCommand, settings, dataFolder), settings, onUpdate, onFinished)
 
     def resumeTraining(self, settings: TrainingSettings, onUpdate=None, onFinished=None) -> TrainingRun:
         """Continues the stopped run in settings.runFolder; only the epoch cap and device may differ."""
@@ -212,7 +214,7 @@ class LiverE2NetTrainingLogic(ScriptedLoadableModuleLogic):
         if not canResume(settings.runFolder):
             raise UserInputError(f"There is no stopped training run in {settings.runFolder} to resume: start a new "
                                  "training instead.")
-        return self._start(resumeCommand(settings), settings, onUpdate, onFinished)
+        return self._start(resumeCommand(self.cliCommand, settings), settings, onUpdate, onFinished)
 
     def _start(self, command, settings, onUpdate, onFinished) -> TrainingRun:
         return TrainingRun(command, settings, onUpdate, onFinished, self.processFactory,

@@ -67,8 +67,13 @@ def bundledModel() -> Path | None:
     return path if path and path.is_file() else None
 
 
-def trainCommand(settings: TrainingSettings, dataFolder: Path) -> list[str]:
-    command = [pythonExecutable(), "-m", "liver_e2net", "train", "--data", str(dataFolder),
+def cliCommand() -> list[str]:
+    """`liver_e2net` run by Slicer's Python (tests put a scripted stand-in child here)."""
+    return [pythonExecutable(), "-m", "liver_e2net"]
+
+
+def trainCommand(cli: list[str], settings: TrainingSettings, dataFolder: Path) -> list[str]:
+    command = [*cli, "train", "--data", str(dataFolder),
                "-o", str(settings.runFolder), "--epochs", str(settings.epochs),
                "--val-fraction", str(settings.validationShare), "--batch-size", str(settings.batchSize)]
     if settings.fineTune:
@@ -83,9 +88,9 @@ def trainCommand(settings: TrainingSettings, dataFolder: Path) -> list[str]:
     return command + _runtimeArguments(settings)
 
 
-def resumeCommand(settings: TrainingSettings) -> list[str]:
+def resumeCommand(cli: list[str], settings: TrainingSettings) -> list[str]:
     """Only runtime options and the epoch cap: the run keeps its own training options."""
-    return [pythonExecutable(), "-m", "liver_e2net", "train", "--resume", str(settings.runFolder),
+    return [*cli, "train", "--resume", str(settings.runFolder),
             "--epochs", str(settings.epochs)] + _runtimeArguments(settings)
 
 
