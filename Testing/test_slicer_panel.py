@@ -47,7 +47,7 @@ def uiProblems(uiPath: Path) -> list[str]:
                 problems.append(f"{name} ({element.get('class')}) does not declare property {prop.get('name')}")
         dynamic = {bytes(propertyName).decode() for propertyName in widget.dynamicPropertyNames()}
         problems += [f"{name} has undeclared property {extra}" for extra in sorted(dynamic - {"SlicerParameterName"})
-                     if not extra.startswith("_PySide")]  # PySide6's own bookkeeping
+                     if not extra.startswith(("_PySide", "_q_"))]  # PySide6 and Qt bookkeeping (QSpinBox)
     return problems
 
 
