@@ -160,6 +160,14 @@ def test_replacing_keeps_the_node_and_a_failed_run_keeps_its_segments(logic, sam
     assert nodeIds(mrmlScene) == before and second.GetSegmentation().GetNumberOfSegments() == 2
 
 
+def test_a_child_that_cannot_start_is_reported(logic, sampleCt, fakeModel, tmp_path):
+    from LiverE2NetLib.Segments import SegmentationError
+
+    logic.cliCommand = [str(tmp_path / "no-python-here")]
+    with pytest.raises(SegmentationError, match="cannot start .*no-python-here: No such file or directory"):
+        logic.segment(sampleCt, model=fakeModel)
+
+
 def test_a_child_that_writes_nothing_fails_cleanly(logic, sampleCt, fakeModel, mrmlScene, monkeypatch):
     from LiverE2NetLib.Segments import SegmentationError
 

@@ -238,6 +238,16 @@ def test_a_failure_shows_the_childs_message_not_a_traceback(panelWidget, sampleC
     assert nodeIds(mrmlScene) == before and shownText(ui.applyButton) == APPLY_TEXT
 
 
+def test_a_child_that_cannot_start_is_reported_in_the_panel(panelWidget, sampleCt, tmp_path):
+    ui = panelWidget.ui
+    ui.inputSelector.setCurrentNode(sampleCt)
+    panelWidget.logic.cliCommand = [str(tmp_path / "no-python-here")]
+    ui.applyButton.click()
+    waitFor(lambda: panelWidget.panel.state == "idle")
+    assert ui.statusLabel.text().startswith(f"cannot start {tmp_path / 'no-python-here'}: ")
+    assert shownText(ui.applyButton) == APPLY_TEXT and ui.applyButton.isEnabled()
+
+
 def test_an_unexpected_import_failure_returns_the_panel_to_idle(panelWidget, sampleCt, mrmlScene, monkeypatch):
     from LiverE2NetLib import Job
 
