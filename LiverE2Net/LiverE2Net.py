@@ -99,7 +99,10 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        self.setParameterNode(None)
+        """The widgets stop following the parameter node; a run in progress still delivers its result to it."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
         self.panel.cancel()

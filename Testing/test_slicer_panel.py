@@ -223,6 +223,20 @@ def test_cancel_kills_the_child_and_leaves_the_scene_as_it_was(panelWidget, samp
     assert not isAlive(child) and not isAlive(grandchild)
 
 
+def test_leaving_the_module_during_a_run_still_delivers_the_result(panelWidget, sampleCt, monkeypatch):
+    ui = panelWidget.ui
+    ui.inputSelector.setCurrentNode(sampleCt)
+    monkeypatch.setenv("FAKE_LIVER_E2NET", "ok")
+    ui.applyButton.click()
+    panelWidget.exit()  # the user opens another module
+    waitFor(lambda: panelWidget.panel.state == "idle")
+    assert panelWidget.logic.getParameterNode().outputSegmentation.GetName() == "CT segmentation"
+    ui.segmentTumorsCheckBox.setChecked(False)  # not followed while away
+    assert panelWidget.logic.getParameterNode().segmentTumors
+    panelWidget.enter()
+    assert ui.segmentTumorsCheckBox.isChecked() and ui.lesionTable.rowCount() == 2
+
+
 @pytest.mark.parametrize(("mode", "message"), [
     ("fail", "is not a readable Liver E2Net checkpoint; re-download or re-train the model"),
     ("crash", "RuntimeError: CUDA error: out of memory"),
