@@ -175,7 +175,6 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
                 error = SegmentationError(f"Importing the result failed: {failure}")
             finally:
                 job.cleanup()
-                self._process = None
             if onFinished:
                 onFinished(node, error)
 
@@ -184,7 +183,9 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
         self._process.start(job.command, childEnvironment(), onProgress, finished)
 
     def _checkIdle(self) -> None:
-        if self._process is not None:
+        # The last process object stays referenced: dropping it inside its own finished signal would delete the
+        # QProcess while Qt is still emitting from it.
+        if self._process is not None and self._process.isRunning():
             raise SegmentationError("A segmentation is already running: wait for it or cancel it.")
 
     def cancel(self) -> None:
