@@ -335,3 +335,17 @@ def test_sigint_stops_after_the_step_and_resume_is_exact(tmp_path):
                 getattr(actual, stage)[name], value, rtol=0, atol=0, msg=f"{stage} {name}"
             )
     assert resumed.validation_dice == whole.validation_dice
+
+    # --init fine-tunes: config and weights come from the checkpoint; an untrained stage keeps its weights.
+    options["model_config"] = None  # taken from the checkpoint
+    Trainer(
+        cases, tmp_path / "tuned", dataclasses.replace(QUICK, stages=(2,)), init=whole.best, **options
+    ).run()
+    initial, result = load_checkpoint(whole.best), load_checkpoint(tmp_path / "tuned" / "last.pt")
+    assert result.config == TINY and result.metadata["stage_epochs"] == {"stage2": 1}
+    for name, value in initial.stage1.items():
+        torch.testing.assert_close(result.stage1[name], value, rtol=0, atol=0)
+    with pytest.raises(UserInputError, match="differs from the requested"):
+        Trainer(
+            cases, tmp_path / "other", QUICK, init=whole.best, model_config=lite_config(), device="cpu"
+        ).run()

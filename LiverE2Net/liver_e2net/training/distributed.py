@@ -79,9 +79,9 @@ def wrap(network: nn.Module, context: Distributed, device: torch.device) -> nn.M
         return network
     if device.type == "cuda":
         network = nn.SyncBatchNorm.convert_sync_batchnorm(network)
-    # Buffers are averaged once per epoch instead of being broadcast from rank 0 at every step.
+    # Buffers start equal (synced at init) and are averaged once per epoch, not broadcast at every step.
     return nn.parallel.DistributedDataParallel(
-        network, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        network, device_ids=[device.index] if device.type == "cuda" else None, forward_sync_buffers=False
     )
 
 
