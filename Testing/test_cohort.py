@@ -98,6 +98,17 @@ def test_shard_takes_every_worlds_nth_case_and_reads_torchrun_environment() -> N
     assert Shard.from_env({}) == Shard() and Shard().take([1, 2]) == [1, 2]
     with pytest.raises(ValueError):
         Shard.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    slices = [
+        119,
+        20,
+        53,
+        3,
+        151,
+        41,
+    ]  # the real CTs of ../shared/data: i % 2 would give rank 0 323 of 387 slices
+    shares = [Shard(rank, 2).take(list(range(6)), slices) for rank in (0, 1)]
+    assert sorted(shares[0] + shares[1]) == list(range(6)) and shares == [[3, 4, 5], [0, 1, 2]]
+    assert abs(sum(slices[i] for i in shares[0]) - sum(slices[i] for i in shares[1])) <= 3
 
 
 def test_cut_short_nifti_is_caught_although_simpleitk_reads_it(tmp_path) -> None:

@@ -32,8 +32,11 @@ def default_cases() -> list[Path]:
     return found or sorted((REPO / "Resources" / "SampleData").glob("*_ct.nii.gz"))
 
 
-def run_batch(cases: list[Path], model: Path, processes: int, outdir: Path, device: str) -> dict:
-    """One timed batch; `processes` > 1 runs under torchrun --standalone on this machine."""
+def run_batch(
+    cases: list[Path], model: Path, processes: int, outdir: Path, device: str, threads: int | None
+) -> dict:
+    """One timed batch; `processes` > 1 runs under torchrun --standalone on this machine. `threads` per process
+    (default: the batch's own choice, cores / processes)."""
     script = outdir.parent / "batch.py"
     script.write_text(BATCH)
     arguments = [
@@ -48,6 +51,7 @@ def run_batch(cases: list[Path], model: Path, processes: int, outdir: Path, devi
         device,
         "--progress",
         "none",
+        *(["--threads", str(threads)] if threads else []),
     ]
     launcher = (
         [sys.executable]
@@ -71,6 +75,7 @@ def run_batch(cases: list[Path], model: Path, processes: int, outdir: Path, devi
     finished = [row for row in rows if row["status"] == "done"]
     return {
         "processes": processes,
+        "threads": threads or "auto",
         "cases": len(rows),
         "done": len(finished),
         "wall_s": round(wall, 1),
@@ -87,27 +92,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--model", type=Path)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="threads per process to try (0: cores / processes, the batch default)",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     cases = args.cases or default_cases()
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cohort-bench-") as folder:
         model = args.model or _random_default_model(Path(folder) / "model.pt")
         results = []
         for processes in args.processes:
-            (Path(folder) / f"p{processes}").mkdir()
-            results.append(
-                run_batch(cases, model, processes, Path(folder) / f"p{processes}" / "out", args.device)
-            )
+            for threads in args.threads:
+                run = Path(folder) / f"p{processes}t{threads}"
+                run.mkdir()
+                results.append(run_batch(cases, model, processes, run / "out", args.device, threads or None))
     baseline = results[0]["cases_per_hour"]
     print(
         f"{len(cases)} CTs, model {'random lite (default config)' if not args.model else args.model}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     )
-    print(f"{'processes':>9} {'wall s':>8} {'cases/hour':>11} {'speed-up':>9}")
+    print(f"{'processes':>9} {'threads':>8} {'wall s':>8} {'cases/hour':>11} {'speed-up':>9}")
     for result in results:
         print(
-            f"{result['processes']:>9} {result['wall_s']:>8.1f} {result['cases_per_hour']:>11.1f} "
-            f"{result['cases_per_hour'] / baseline:>9.2f}"
+            f"{result['processes']:>9} {result['threads']:>8} {result['wall_s']:>8.1f} "
+            f"{result['cases_per_hour']:>11.1f} {result['cases_per_hour'] / baseline:>9.2f}"
         )
     print(
         "seconds per case (1st run): "

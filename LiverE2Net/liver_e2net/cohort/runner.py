@@ -165,6 +165,20 @@ def read_case(case: Case) -> sitk.Image:
     return image
 
 
+def slice_count(case: Case) -> int:
+    """The cost of a case for sharding, from headers only (both stages run slice by slice); 1 if unreadable."""
+    if case.is_dicom:
+        return len(case.files)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(case.files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return 1
+    size = reader.GetSize()
+    return int(size[2]) if len(size) > 2 else 1
+
+
 def run_case(
     case: Case,
     segmenter,

@@ -1,8 +1,9 @@
 """Scale-out on torchrun: the launcher's RANK / WORLD_SIZE pick this process's share of the cases.
 
-No scheduler of our own: torchrun starts the processes (on one or many machines), each takes cases i with
-i % world == rank, writes its cases' records, and rank 0 gathers the rows over a gloo process group (CPU only,
-so it works with or without GPUs) and writes the cohort table. Without torchrun the world is one process.
+No scheduler of our own: torchrun starts the processes (on one or many machines), each takes its share of the
+cases (dealt by cost, the number of slices, as both stages run per slice: the ranks finish at about the same
+time), writes its cases' records, and rank 0 gathers the rows over a gloo process group (CPU only, so it works
+with or without GPUs) and writes the cohort table. Without torchrun the world is one process.
 """
 
 from __future__ import annotations
@@ -40,8 +41,20 @@ class Shard:
             raise ValueError(f"inconsistent torchrun environment: {shard}")
         return shard
 
-    def take(self, items: Sequence[T]) -> list[T]:
-        return list(items[self.rank :: self.world])
+    def take(self, items: Sequence[T], costs: Sequence[float] | None = None) -> list[T]:
+        """This rank's items, in their order. Without costs: every world-th item (i % world == rank). With costs:
+        longest first to the least loaded rank, so one rank does not get all the large CTs; every rank computes
+        the same split from the same list, so nothing needs to be sent."""
+        if costs is None:
+            return list(items[self.rank :: self.world])
+        loads = [0.0] * self.world
+        mine = set()
+        for index in sorted(range(len(items)), key=lambda i: (-costs[i], i)):
+            rank = loads.index(min(loads))
+            loads[rank] += costs[index]
+            if rank == self.rank:
+                mine.add(index)
+        return [item for index, item in enumerate(items) if index in mine]
 
     @property
     def distributed(self) -> bool:

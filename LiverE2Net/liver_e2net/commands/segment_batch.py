@@ -13,7 +13,7 @@ from ..checkpoint import default_model_path, load_checkpoint
 from ..cohort.batch import merge_rows, plan, prepare_outdir, refuse_mixed_models, run_share
 from ..cohort.discovery import discover
 from ..cohort.ray_engine import run_on_ray
-from ..cohort.runner import LABEL_FILES, BatchOptions, model_info
+from ..cohort.runner import LABEL_FILES, BatchOptions, model_info, slice_count
 from ..cohort.sharding import Shard, barrier, gather_to_rank0, process_group, rank_device, rank_threads
 from ..cohort.table import summary_text, write_table
 from ..errors import UserInputError
@@ -145,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
             barrier(shard)  # every rank plans on the same state before anyone writes
             if shard.rank == 0:
                 _log_plan(discovery, work, f"{shard.world} process(es)", model)
+            mine = shard.take(work.pending, [slice_count(case) for case in work.pending])
             records = run_share(
-                shard.take(work.pending),
+                mine,
                 segmenter,
                 options,
                 outdir,
