@@ -54,9 +54,11 @@ def register(subparsers) -> None:
         metavar=("CT", "LABEL"),
         help="one CT (file or DICOM folder) and its label map or .seg.nrrd; repeatable",
     )
-    data.add_argument("--val-cases", type=_names, help="comma-separated validation case names")
     data.add_argument(
-        "--val-fraction", type=float, help="share of cases held out for validation (default 0.2)"
+        "--val-cases", type=_names, metavar="NAME,...", help="comma-separated validation case names"
+    )
+    data.add_argument(
+        "--val-fraction", type=float, metavar="F", help="share of cases held out for validation (default 0.2)"
     )
     data.add_argument(
         "--cache", metavar="DIR", help="preprocessed-case cache (default ~/.cache/liver-e2net/training)"
@@ -68,7 +70,7 @@ def register(subparsers) -> None:
         "--init", metavar="MODEL.pt", help="fine-tune from this checkpoint (its config is used)"
     )
     model.add_argument("--resume", metavar="DIR", help="continue the run in DIR where it stopped")
-    model.add_argument("--stages", type=_stages, help="stages to train: 1, 2 or 1,2 (default)")
+    model.add_argument("--stages", type=_stages, metavar="1,2", help="stages to train: 1, 2 or 1,2 (default)")
     optimisation = parser.add_argument_group("optimisation")
     optimisation.add_argument("--epochs", type=int, help="at most this many epochs per stage (default 100)")
     optimisation.add_argument(
