@@ -9,6 +9,7 @@ import enum
 import shutil
 import tempfile
 import time
+import unittest
 from pathlib import Path
 from typing import Annotated
 
@@ -107,7 +108,9 @@ class LiverE2NetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        """A running training goes on: its child writes every epoch to disk, and Resume picks it up later."""
+        """A running training is asked to stop (it saves its position first); Resume picks it up later."""
+        if self.panel.isRunning():
+            self.panel.run.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -238,38 +241,9 @@ class LiverE2NetTrainingTest(ScriptedLoadableModuleTest):
     def tearDown(self):
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _sampleFile(self, name):
-        path = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / name
-        if not path.is_file():
-            self.skipTest(f"no sample data at {path}")
-        return str(path)
-
-    def _addPairs(self):
-        """Two CTs, slices 28-39 and 40-52 of the sample, each with a segmentation that references it."""
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        whole = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "whole")
-        storage.SetFileName(self._sampleFile("totalseg_example_ct.nii.gz"))
-        self.assertTrue(storage.ReadData(whole))
-        label = slicer.vtkMRMLLabelMapVolumeNode()
-        storage.SetFileName(self._sampleFile("totalseg_example_label.nii.gz"))
-        self.assertTrue(storage.ReadData(label))
-        ct, liver = slicer.util.arrayFromVolume(whole), slicer.util.arrayFromVolume(label)
-        ijkToRas = vtk.vtkMatrix4x4()
-        whole.GetIJKToRASMatrix(ijkToRas)
-        volumes = []
-        for name, first, last in (("upper", 28, 40), ("lower", 40, 53)):
-            volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-            volume.CopyOrientation(whole)
-            volume.SetOrigin(ijkToRas.MultiplyPoint((0, 0, first, 1))[:3])
-            slicer.util.updateVolumeFromArray(volume, ct[first:last].copy())
-            addSegmentation(volume, {"Liver": liver[first:last] > 0})
-            volumes.append(volume)
-        slicer.mrmlScene.RemoveNode(whole)
-        return volumes
-
     def _settings(self, **changes):
         options = dict(modelName="selftest", outputFolder=self.folder / "runs", fineTune=False, config="lite",
-                       epochs=2, validationShare=0.5, device=Device.CPU, batchSize=2, stepsPerEpoch=2, threads=1,
+                       epochs=1, validationShare=0.5, device=Device.CPU, batchSize=2, stepsPerEpoch=2, threads=1,
                        cacheFolder=self.folder / "cache")
         return TrainingSettings(**{**options, **changes})
 
@@ -278,7 +252,7 @@ class LiverE2NetTrainingTest(ScriptedLoadableModuleTest):
 
         import LiverE2Net
 
-        self._addPairs()
+        addSamplePairs()
         pairs = self.logic.pairsInScene()
         self.assertEqual([(pair.name, pair.usable) for pair in pairs], [("upper", True), ("lower", True)])
         settings = self._settings()
@@ -298,7 +272,7 @@ class LiverE2NetTrainingTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentationNode.GetSegmentation().GetNthSegment(0).GetName(), "Liver")
 
     def test_BadPairsAreExplained(self):
-        upper, lower = self._addPairs()
+        upper, lower = addSamplePairs()
         tumorOnly = addSegmentation(upper, {"Liver tumor": slicer.util.arrayFromVolume(upper) > 100})
         everything = np.ones(slicer.util.arrayFromVolume(lower).shape, bool)
         ijkToRas = vtk.vtkMatrix4x4()
@@ -311,6 +285,29 @@ class LiverE2NetTrainingTest(ScriptedLoadableModuleTest):
         with self.assertRaises(UserInputError) as raised:
             self.logic.startTraining([], self._settings())
         self.assertIn("No usable training pairs", str(raised.exception))
+
+
+def addSamplePairs():
+    """Two CTs, slices 28-39 and 40-52 of the bundled sample CT, each with a liver segmentation that references it."""
+    sample = Path(__file__).resolve().parents[1] / "Resources" / "SampleData"
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    whole, label = slicer.vtkMRMLScalarVolumeNode(), slicer.vtkMRMLLabelMapVolumeNode()
+    for node, name in ((whole, "totalseg_example_ct.nii.gz"), (label, "totalseg_example_label.nii.gz")):
+        storage.SetFileName(str(sample / name))
+        if not storage.ReadData(node):
+            raise unittest.SkipTest(f"no sample data at {sample / name}")
+    ct, liver = slicer.util.arrayFromVolume(whole), slicer.util.arrayFromVolume(label)
+    ijkToRas = vtk.vtkMatrix4x4()
+    whole.GetIJKToRASMatrix(ijkToRas)
+    volumes = []
+    for name, first, last in (("upper", 28, 40), ("lower", 40, 53)):
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        volume.CopyOrientation(whole)
+        volume.SetOrigin(ijkToRas.MultiplyPoint((0, 0, first, 1))[:3])
+        slicer.util.updateVolumeFromArray(volume, ct[first:last].copy())
+        addSegmentation(volume, {"Liver": liver[first:last] > 0})
+        volumes.append(volume)
+    return volumes
 
 
 def addSegmentation(volumeNode, masks: dict, origin=None):

@@ -12,6 +12,7 @@ from pathlib import Path
 import slicer
 import vtk
 from liver_e2net.errors import UserInputError
+from LiverE2NetLib.Models import Device, gpuStatus
 from slicer.util import VTKObservationMixin
 
 from .Pairs import TrainingPair
@@ -73,7 +74,15 @@ class TrainingPanel(VTKObservationMixin):
         self._parameterNode = parameterNode
         if parameterNode:
             self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+            self.refreshDevices()
         self.updateGui()
+
+    def refreshDevices(self) -> None:
+        """The GPU choice is greyed out, with the reason, where PyTorch reaches no GPU."""
+        available, reason = gpuStatus()
+        item = self.ui.deviceSelector.model().item(self.ui.deviceSelector.findText(Device.GPU.name))
+        item.setEnabled(available)
+        item.setToolTip(reason)
 
     def isRunning(self) -> bool:
         return self.run is not None and self.run.isRunning()
@@ -157,7 +166,9 @@ class TrainingPanel(VTKObservationMixin):
 
         def chosen(index: int) -> None:
             ids = choices[index][1]
-            self.logic.setSegments(pair, pair.liverSegmentIds if tumor else ids, ids if tumor else pair.tumorSegmentIds)
+            others = pair.liverSegmentIds if tumor else pair.tumorSegmentIds
+            others = tuple(segmentId for segmentId in others if segmentId not in ids)  # one role per segment
+            self.logic.setSegments(pair, others if tumor else ids, ids if tumor else others)
             self.populatePairs()
 
         combo.currentIndexChanged.connect(chosen)
@@ -187,6 +198,11 @@ class TrainingPanel(VTKObservationMixin):
             self.run.stop()
             return
         settings = self.settings()
+        try:
+            settings.check()
+        except UserInputError as error:
+            self.showStatus(str(error), error=True)
+            return
         conflict = self.logic.outputConflict(settings)
         if conflict and not self.askReplaceRun(conflict + " Replace it? The old run is kept beside it, renamed."):
             return
@@ -222,8 +238,7 @@ class TrainingPanel(VTKObservationMixin):
                                       f"(stage {last['stage'][-1]}, epoch {last['epoch']})")
         elif "loss" in record:
             self.ui.lossLabel.setText(f"train {record['loss']:.4f} (last step)")
-        liver, tumor = record.get("val_dice_liver", last.get("val_dice_liver")), record.get(
-            "val_dice_tumor", last.get("val_dice_tumor"))
+        liver, tumor = (_latest(record, last, f"val_dice_{name}") for name in ("liver", "tumor"))
         self.ui.diceLabel.setText(f"liver {_fmt(liver)}, tumor {_fmt(tumor)}" if last or record else "-")
         eta = record.get("eta_s")
         self.ui.etaLabel.setText("-" if eta is None or not run.isRunning() else _duration(eta))
@@ -232,7 +247,7 @@ class TrainingPanel(VTKObservationMixin):
         self.updateGui()
 
     def onRunFinished(self, run) -> None:
-        self.ui.progressBar.setVisible(run.state != FAILED or run.fraction > 0)
+        self.ui.progressBar.setVisible(run.fraction > 0)
         self.onRunUpdate(run)
 
     def updatePlot(self, history: list[dict]) -> None:
@@ -287,6 +302,11 @@ class TrainingPanel(VTKObservationMixin):
         if bundled is None and self._parameterNode.fineTune:
             self._parameterNode.fineTune = False
         self.ui.configSelector.setEnabled(not self._parameterNode.fineTune)
+
+
+def _latest(record: dict, lastEpoch: dict, key: str):
+    """The newest of a progress line's value and the last finished epoch's (metrics.jsonl may be read first)."""
+    return record[key] if record.get(key) is not None else lastEpoch.get(key)
 
 
 def _fmt(value) -> str:

@@ -51,9 +51,9 @@ def main():
     for index in range(done, total):
         stage, epoch = f"stage{1 + index // args.epochs}", 1 + index % args.epochs
         for step in (1, 2):
+            time.sleep(1.0 if mode == "slow" else 0.1)
             emit(stage, (index + step / 2) / total, f"{stage} epoch {epoch} step {step}/2", epoch=epoch, step=step,
                  loss=1.0 / (index + step), val_dice_liver=None, val_dice_tumor=None, eta_s=(total - index) * 2)
-            time.sleep(1.0 if mode == "slow" else 0.1)
             if stopRequested:
                 emit("error", (index + step / 2) / total, f"stopped by SIGINT in stage {stage[-1]}: last.pt written, "
                      f"best.pt kept; continue with --resume {output}")
@@ -67,7 +67,7 @@ def main():
         (output / "train.log").write_text(f"{index + 1} epochs\n")
         emit(stage, (index + 1) / total, f"{stage} epoch {epoch}: val loss {record['val_loss']:.4f}", epoch=epoch,
              step=2, loss=record["train_loss"], val_dice_liver=record["val_dice_liver"],
-             val_dice_tumor=record["val_dice_tumor"])
+             val_dice_tumor=record["val_dice_tumor"], eta_s=(total - index - 1) * 2)
         if mode == "die":
             os.kill(os.getpid(), signal.SIGKILL)
     emit("done", 1.0, "done: best.pt validation Dice liver 0.8", val_dice_liver=0.8, val_dice_tumor=0.3)
