@@ -65,7 +65,7 @@ class LiverE2NetTraining(ScriptedLoadableModule):
             "CT Scans, MICCAI 2020.")
 
 
-class ModelConfig(enum.Enum):
+class ModelConfigName(enum.Enum):
     """Member names are the panel's labels and the CLI's --config."""
 
     lite = "lite"
@@ -77,7 +77,7 @@ class LiverE2NetTrainingParameterNode:
     """The settings, saved with the scene. outputFolder "": the user model folder of the Liver E2Net module."""
 
     fineTune: bool = True
-    config: ModelConfig = ModelConfig.lite
+    config: ModelConfigName = ModelConfigName.lite
     epochs: Annotated[int, WithinRange(1, 1000)] = 50
     validationShare: Annotated[float, WithinRange(0.05, 0.5)] = 0.2
     batchSize: Annotated[int, WithinRange(1, 64)] = 8

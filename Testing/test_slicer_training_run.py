@@ -99,6 +99,14 @@ def test_stop_keeps_the_best_model_and_resume_goes_on(logic, pairs, modelFolder,
     assert len(resumed.history) == 4 and (modelFolder / "mine.pt").is_file()
 
 
+def test_stop_right_after_start_stops_only_the_child(logic, pairs, tmp_path):
+    """Stop before the child has a pid: nothing may be signalled as pid 0 (that is this process's own group)."""
+    run = logic.startTraining(pairs, settings(tmp_path, modelName="early"))
+    run.stop()
+    assert run.waitForFinished(60) and run.state == "stopped"
+    assert run.message.startswith("Stopped.") and not (tmp_path / "models" / "early.pt").exists()
+
+
 @pytest.mark.parametrize("mode, message, kept", [
     ("oom", "The GPU ran out of memory. Lower the batch size (now 8; try 4), choose the lite config, or train on "
             "the CPU.", "Nothing was trained yet: start again."),

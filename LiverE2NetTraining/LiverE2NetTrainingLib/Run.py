@@ -131,11 +131,19 @@ class TrainingProcess(QtProcess):
     """The segmentation module's QProcess runner plus a graceful stop: SIGINT makes the trainer finish the current
     step and write last.pt. PythonSlicer is a launcher, so the signal goes to the Python it started."""
 
+    def processId(self) -> int:
+        """0 unless the child runs: a signal to pid 0 would reach Slicer's own process group."""
+        if not self.isRunning():
+            return 0
+        if self._process.state() == self._qt.QProcess.Starting:
+            self._process.waitForStarted(5000)  # Stop clicked right after Start: milliseconds, not a wait on training
+        return int(self._process.processId())
+
     def interrupt(self) -> bool:
-        """False where a signal cannot be sent (Windows, or not running): the caller then kills the tree."""
-        if os.name == "nt" or not self.isRunning():
+        """False where a signal cannot be sent (Windows, or no child yet): the caller then kills the tree."""
+        pid = self.processId()
+        if os.name == "nt" or pid <= 0:
             return False
-        pid = int(self._process.processId())
         launcher = Path(self._process.program()).name.startswith("PythonSlicer")
         for target in (childProcessIds(pid) if launcher else []) or [pid]:
             try:
@@ -160,6 +168,7 @@ class TrainingRun:
         self.modelPath: Path | None = None
         self.result: ProcessResult | None = None
         self.started = time.monotonic()
+        self._quitLoop = None  # set while waitForFinished runs its event loop
 
     @property
     def runFolder(self) -> Path:
@@ -186,7 +195,7 @@ class TrainingRun:
 
             qt.QTimer.singleShot(STOP_GRACE_MS, self._stopTimedOut)
         else:
-            self.process.cancel()
+            self._kill()
         self._notify()
 
     def waitForFinished(self, timeoutSeconds: float = 600.0) -> bool:
@@ -218,6 +227,11 @@ class TrainingRun:
 
     def _stopTimedOut(self) -> None:
         if self.state == STOPPING:
+            self._kill()
+
+    def _kill(self) -> None:
+        """The process tree goes at once; best.pt, last.pt and the state of the last finished epoch stay."""
+        if self.process.processId() > 0:
             self.process.cancel()
 
     def _onProcessFinished(self, result: ProcessResult) -> None:
@@ -233,7 +247,7 @@ class TrainingRun:
             self.state = FAILED
             self.message = f"{explainFailure(result, self.settings.batchSize)} {self.keptMessage()}".strip()
         self._notify()
-        if getattr(self, "_quitLoop", None):
+        if self._quitLoop:
             self._quitLoop()
         if self.onFinished:
             self.onFinished(self)
