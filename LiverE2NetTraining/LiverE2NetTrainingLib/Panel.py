@@ -90,7 +90,8 @@ class TrainingPanel(VTKObservationMixin):
     # -- pairs ----------------------------------------------------------------------------------------------------
 
     def onAddFromScene(self) -> None:
-        self._addPairs(lambda: self.logic.pairsInScene(slicer.mrmlScene), "this scene")
+        self._addPairs(lambda: self.logic.pairsInScene(slicer.mrmlScene), "this scene",
+                       " A pair is a CT volume with a segmentation that references it and has liver segments.")
 
     def onAddSceneFile(self) -> None:
         path = self.chooseSceneFile()
@@ -102,7 +103,7 @@ class TrainingPanel(VTKObservationMixin):
         if folder:
             self._addPairs(lambda: self.logic.pairsInFolder(folder), folder)
 
-    def _addPairs(self, find, where: str) -> None:
+    def _addPairs(self, find, where: str, hint: str = "") -> None:
         try:
             found = find()
         except UserInputError as error:
@@ -111,11 +112,13 @@ class TrainingPanel(VTKObservationMixin):
         known = {self._identity(pair) for pair in self.pairs}
         new = [pair for pair in found if self._identity(pair) not in known]
         self.pairs += new
-        skipped = [pair for pair in new if not pair.usable]
-        self.showStatus(f"Added {len(new)} pairs from {where}" + (f"; {len(skipped)} will be skipped (see Status)."
-                                                                   if skipped else ".") if new else
-                        f"No new pairs in {where}: a pair is a CT volume with a segmentation that references it "
-                        "and has a liver segment.", error=not new)
+        skipped = sum(not pair.usable for pair in new)
+        if not new:
+            self.showStatus(f"No new pairs in {where}.{hint}", error=True)
+        elif skipped:
+            self.showStatus(f"Added {len(new)} pairs from {where}; {skipped} will be skipped (see Status).")
+        else:
+            self.showStatus(f"Added {len(new)} pairs from {where}.")
         self.populatePairs()
 
     @staticmethod
