@@ -103,10 +103,7 @@ def _segmentsMask(pair: TrainingPair, segmentIds: tuple[str, ...]) -> np.ndarray
 
 def labelArray(pair: TrainingPair) -> np.ndarray:
     """{0 background, 1 liver, 2 tumor} on the CT's grid; tumor wins where segments overlap."""
-    return _combine(_segmentsMask(pair, pair.liverSegmentIds), _segmentsMask(pair, pair.tumorSegmentIds))
-
-
-def _combine(liver: np.ndarray, tumor: np.ndarray) -> np.ndarray:
+    liver, tumor = _segmentsMask(pair, pair.liverSegmentIds), _segmentsMask(pair, pair.tumorSegmentIds)
     return np.where(tumor, 2, np.where(liver, 1, 0)).astype(np.uint8)
 
 
@@ -289,11 +286,11 @@ def _flatPairs(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[P
         stem = volume_stem(path) if path.is_file() else None
         if stem is None:
             continue
-        isLabel = path.name.lower().endswith(".seg.nrrd")
-        key = _stripWord(stem, LABEL_WORDS)
-        if key != stem:
-            isLabel = True
-        (labels if isLabel else images)[key if isLabel else _stripWord(stem, IMAGE_WORDS)] = path
+        labelKey = _stripWord(stem, LABEL_WORDS)
+        if labelKey != stem or path.name.lower().endswith(".seg.nrrd"):
+            labels[labelKey] = path
+        else:
+            images[_stripWord(stem, IMAGE_WORDS)] = path
     found = [(name, images[name], labels[name]) for name in sorted(images.keys() & labels.keys())]
     unpaired = [(images[name], "label") for name in sorted(images.keys() - labels.keys())]
     unpaired += [(labels[name], "CT") for name in sorted(labels.keys() - images.keys())]
