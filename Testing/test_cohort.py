@@ -19,15 +19,9 @@ from liver_e2net import cli
 from liver_e2net.checkpoint import save_checkpoint
 from liver_e2net.cohort import runner
 from liver_e2net.cohort.discovery import discover
-from liver_e2net.cohort.integrity import nifti_problem
 from liver_e2net.cohort.sharding import Shard
 from liver_e2net.cohort.table import read_table
-
-# Runs the CLI with segment-batch registered whether or not cli.COMMANDS lists it yet.
-BATCH = (
-    "import sys; from liver_e2net import cli; cli.COMMANDS = tuple(dict.fromkeys(cli.COMMANDS + ('segment_batch',))); "
-    "sys.exit(cli.main(sys.argv[1:]))"
-)
+from liver_e2net.nifti_integrity import nifti_problem
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,6 @@ def other_model(tmp_path_factory) -> Path:
 @pytest.fixture()
 def batch(monkeypatch, capsys, caplog):
     """Runs segment-batch in this process: (exit code, stdout, stderr and log)."""
-    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + ("segment_batch",))))
     caplog.set_level("INFO", logger="liver_e2net")
 
     def run(*args) -> tuple[int, str, str]:
@@ -189,8 +182,8 @@ def test_resume_after_a_kill_loses_only_the_case_in_flight(tmp_path, model) -> N
     out = tmp_path / "out"
     command = [
         sys.executable,
-        "-c",
-        BATCH,
+        "-m",
+        "liver_e2net",
         "segment-batch",
         str(inputs),
         "-o",

@@ -133,7 +133,6 @@ def test_dicom_seg_round_trip_frames_geometry_and_codes(tmp_path, axial_series, 
 def test_batch_writes_dicom_seg_for_dicom_input_and_refuses_it_for_nifti(
     tmp_path, axial_series, ct, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr(cli, "COMMANDS", tuple(dict.fromkeys(cli.COMMANDS + ("segment_batch",))))
     model = save_checkpoint(biased_checkpoint(liver_bias=0.5, tumor_bias=-0.2), tmp_path / "m.pt")
     nifti = tmp_path / "volume.nii.gz"
     sitk.WriteImage(ct, str(nifti))

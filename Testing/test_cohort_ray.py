@@ -14,11 +14,6 @@ from liver_e2net.checkpoint import save_checkpoint
 from liver_e2net.cohort.ray_engine import worker_layout
 from liver_e2net.cohort.table import read_table
 
-BATCH = (
-    "import sys; from liver_e2net import cli; "
-    "cli.COMMANDS = tuple(dict.fromkeys(cli.COMMANDS + ('segment_batch',))); sys.exit(cli.main(sys.argv[1:]))"
-)
-
 
 def test_worker_layout_one_actor_per_gpu_else_cpu_shares() -> None:
     assert worker_layout({"CPU": 16, "GPU": 2}, None, None) == (2, 1.0, 8)
@@ -40,8 +35,8 @@ def test_ray_engine_gives_the_local_cohort_table(tmp_path) -> None:
     model = save_checkpoint(biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path / "m.pt")
     common = [
         sys.executable,
-        "-c",
-        BATCH,
+        "-m",
+        "liver_e2net",
         "segment-batch",
         str(inputs),
         "--model",

@@ -11,10 +11,6 @@ from core_helpers import REPO, SAMPLE_CT, biased_checkpoint
 from liver_e2net.checkpoint import save_checkpoint
 from liver_e2net.cohort.table import read_table
 
-BATCH = (
-    "import sys; from liver_e2net import cli; "
-    "cli.COMMANDS = tuple(dict.fromkeys(cli.COMMANDS + ('segment_batch',))); sys.exit(cli.main(sys.argv[1:]))"
-)
 TIMING_COLUMNS = {"seconds"}
 
 
@@ -28,11 +24,9 @@ def test_two_torchrun_processes_give_the_one_process_cohort_table(tmp_path) -> N
         )
     (inputs / "broken.nii.gz").write_bytes((inputs / "c0.nii.gz").read_bytes()[:3000])
     model = save_checkpoint(biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path / "m.pt")
-    script = tmp_path / "batch.py"
-    script.write_text(BATCH)
     common = ["segment-batch", str(inputs), "--model", str(model), "--device", "cpu", "--progress", "none"]
     one = subprocess.run(
-        [sys.executable, str(script), *common, "-o", str(tmp_path / "one"), "--threads", "1"],
+        [sys.executable, "-m", "liver_e2net", *common, "-o", str(tmp_path / "one"), "--threads", "1"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -46,7 +40,7 @@ def test_two_torchrun_processes_give_the_one_process_cohort_table(tmp_path) -> N
             "--standalone",
             "--nproc_per_node",
             "2",
-            str(script),
+            "-m", "liver_e2net",
             *common,
             "-o",
             str(tmp_path / "two"),

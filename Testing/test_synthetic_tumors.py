@@ -219,7 +219,6 @@ def test_bad_inputs_give_clear_messages():
 
 
 def run_cli(argv: list[str], monkeypatch) -> int:
-    monkeypatch.setattr(cli, "COMMANDS", ("synth_preview",))
     return cli.main(argv)
 
 

@@ -20,10 +20,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BATCH = (
-    "import sys; from liver_e2net import cli; "
-    "cli.COMMANDS = tuple(dict.fromkeys(cli.COMMANDS + ('segment_batch',))); sys.exit(cli.main(sys.argv[1:]))"
-)
 
 
 def default_cases() -> list[Path]:
@@ -37,10 +33,9 @@ def run_batch(
 ) -> dict:
     """One timed batch; `processes` > 1 runs under torchrun --standalone on this machine. `threads` per process
     (default: the batch's own choice, cores / processes)."""
-    script = outdir.parent / "batch.py"
-    script.write_text(BATCH)
     arguments = [
-        str(script),
+        "-m",
+        "liver_e2net",
         "segment-batch",
         *map(str, cases),
         "-o",

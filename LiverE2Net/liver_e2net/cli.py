@@ -10,7 +10,7 @@ import sys
 from . import __version__
 from .errors import UserInputError
 
-COMMANDS = ("segment", "info", "benchmark", "evaluate", "synth_preview", "robustness", "train", "export_model")
+COMMANDS = ("segment", "info", "benchmark", "evaluate", "synth_preview", "robustness", "train", "export_model", "segment_batch")
 
 
 def build_parser() -> argparse.ArgumentParser:

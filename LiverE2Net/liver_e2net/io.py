@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import UserInputError
+from .nifti_integrity import nifti_problem
 from .segments import SEGMENTS
 
 PLAUSIBLE_HU = (
@@ -67,6 +68,9 @@ def read_image(path: str | Path) -> sitk.Image:
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
             return reader.Execute()
+        problem = nifti_problem(path)  # SimpleITK zero-fills a cut-short NIfTI without a word
+        if problem:
+            raise UserInputError(problem)
         return sitk.ReadImage(str(path))
     except RuntimeError as error:
         message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__

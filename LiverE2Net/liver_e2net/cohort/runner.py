@@ -30,7 +30,6 @@ from ..progress import Reporter, null_reporter
 from ..report import case_report
 from ..surfaces import export_segment_surfaces
 from .discovery import Case
-from .integrity import nifti_problem
 
 log = logging.getLogger("liver_e2net")
 
@@ -149,9 +148,6 @@ def read_case(case: Case) -> sitk.Image:
     if case.problem:
         raise UserInputError(case.problem)
     if not case.is_dicom:
-        problem = nifti_problem(case.files[0])
-        if problem:
-            raise UserInputError(problem)
         return read_ct(case.files[0])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(case.files))
