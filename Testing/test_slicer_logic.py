@@ -304,3 +304,19 @@ def test_parameter_node_survives_a_saved_scene(logic, sampleCt, mrmlScene, tmp_p
     assert restored.stlCoordinates == CoordinateSystem.RAS
     with pytest.raises(ValueError, match="outside"):
         restored.smoothing = 1.5
+
+
+def test_killing_a_process_without_an_id_touches_nothing():
+    """A child still starting has pid 0: killing 'its tree' must not signal our own process group."""
+    import subprocess
+    import sys
+
+    from LiverE2NetLib.ChildProcess import killProcessTree
+
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        killProcessTree(0)
+        killProcessTree(-1)
+        assert bystander.poll() is None  # our own child (and so our group) was left alone
+    finally:
+        bystander.kill()

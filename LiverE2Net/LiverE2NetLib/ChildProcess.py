@@ -101,6 +101,8 @@ class ProcessResult:
 def killProcessTree(pid: int) -> None:
     """Kill `pid` and all its descendants. Without psutil (Slicer does not bundle it): taskkill on Windows,
     else the parent-child table from `ps`, collected before anything is killed so no orphan escapes."""
+    if pid <= 0:
+        return  # a process still starting has no id yet; 0 or -1 would address our own process group
     if os.name == "nt":
         subprocess.run(["taskkill", "/F", "/T", "/PID", str(pid)], capture_output=True, check=False)
         return
@@ -204,7 +206,11 @@ class QtProcess:
     def cancel(self) -> None:
         if self.isRunning():
             self._cancelled = True
-            killProcessTree(int(self._process.processId()))
+            pid = int(self._process.processId())
+            if pid > 0:
+                killProcessTree(pid)
+            else:
+                self._process.kill()  # still starting: QProcess aborts the start itself
 
     def _readStdout(self) -> None:
         text = self._process.readAllStandardOutput().data().decode("utf-8", "replace")
