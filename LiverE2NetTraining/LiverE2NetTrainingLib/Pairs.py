@@ -233,13 +233,14 @@ def readScene(path: str | Path):
     scene.segmentationsLogic = slicer.vtkSlicerSegmentationsModuleLogic()  # registers segmentation classes
     scene.segmentationsLogic.SetMRMLScene(scene)
     if path.suffix.lower() == ".mrb":
-        cacheManager = slicer.vtkCacheManager()
-        cacheManager.SetRemoteCacheDirectory(tempfile.mkdtemp(prefix="LiverE2NetTraining-"))
-        dataIOManager = slicer.vtkDataIOManager()
-        dataIOManager.SetCacheManager(cacheManager)
-        scene.SetCacheManager(cacheManager)
-        scene.SetDataIOManager(dataIOManager)
-        loaded = scene.ReadFromMRB(str(path))
+        with tempfile.TemporaryDirectory(prefix="LiverE2NetTraining-") as remoteCache:  # required, unused here
+            cacheManager = slicer.vtkCacheManager()
+            cacheManager.SetRemoteCacheDirectory(remoteCache)
+            dataIOManager = slicer.vtkDataIOManager()
+            dataIOManager.SetCacheManager(cacheManager)
+            scene.SetCacheManager(cacheManager)
+            scene.SetDataIOManager(dataIOManager)
+            loaded = scene.ReadFromMRB(str(path))
     elif path.suffix.lower() == ".mrml":
         scene.SetURL(str(path))
         loaded = scene.Connect()
