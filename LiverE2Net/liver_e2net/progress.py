@@ -59,3 +59,13 @@ def make_reporter(mode: str) -> Reporter:
     if mode == "bar":
         return BarReporter()
     return null_reporter
+
+
+def add_progress_argument(parser) -> None:
+    """The same --progress option for every long-running command."""
+    parser.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "bar", "jsonl", "none"],
+        help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing",
+    )

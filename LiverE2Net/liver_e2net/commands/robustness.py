@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..progress import add_progress_argument
 
 
 def register(subparsers) -> None:
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="trials (random placements) per size")
     parser.add_argument("--device", default="auto")
     parser.add_argument("-o", "--output", metavar="PREFIX", help="write PREFIX.json and PREFIX.png (plot)")
-    parser.add_argument("--progress", default="auto", choices=["auto", "bar", "jsonl", "none"])
+    add_progress_argument(parser)
     parser.set_defaults(func=run)
 
 

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from ..errors import UserInputError
 from ..io import atomic_output, output_format, read_ct, write_labelmap
 from ..pipeline import DEFAULT_TTA_SCALES, TTA_MODES
-from ..progress import make_reporter
+from ..progress import add_progress_argument, make_reporter
 
 log = logging.getLogger("liver_e2net")
 
@@ -61,12 +61,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--report", metavar="JSON", help="write volumes, lesion table, timings to this JSON file"
     )
-    parser.add_argument(
-        "--progress",
-        default="auto",
-        choices=["auto", "bar", "jsonl", "none"],
-        help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing",
-    )
+    add_progress_argument(parser)
     parser.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ from ..cohort.sharding import Shard, barrier, gather_to_rank0, process_group, ra
 from ..cohort.table import summary_text, write_table
 from ..errors import UserInputError
 from ..pipeline import Segmenter
-from ..progress import make_reporter
+from ..progress import add_progress_argument, make_reporter
 
 log = logging.getLogger("liver_e2net")
 TABLE = "cohort.csv"
@@ -74,12 +74,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="allow a model other than the one of earlier outputs in OUTDIR (recomputes those cases)",
     )
-    parser.add_argument(
-        "--progress",
-        default="auto",
-        choices=["auto", "bar", "jsonl", "none"],
-        help="bar over cases (terminal), JSON lines on stdout, or nothing",
-    )
+    add_progress_argument(parser)
     parser.add_argument(
         "--engine",
         default="local",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..config import CONFIGS
 from ..errors import UserInputError
-from ..progress import make_reporter
+from ..progress import add_progress_argument, make_reporter
 
 # Options that become TrainConfig fields (None = not given, so a resumed run can tell what was asked for).
 CONFIG_OPTIONS = (
@@ -98,12 +98,7 @@ def register(subparsers) -> None:
     runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     runtime.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
     runtime.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
-    runtime.add_argument(
-        "--progress",
-        default="auto",
-        choices=["auto", "bar", "jsonl", "none"],
-        help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing",
-    )
+    add_progress_argument(runtime)
     parser.set_defaults(func=run)
 
 
