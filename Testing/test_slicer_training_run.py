@@ -145,8 +145,10 @@ def test_an_existing_run_is_replaced_only_when_asked_and_kept_aside(logic, pairs
     assert logic.outputConflict(other) == "A model named 'mine' is already in the model folder."
 
 
-def test_bad_settings_and_missing_runs_name_the_fix(logic, pairs, tmp_path):
+def test_bad_settings_and_missing_runs_name_the_fix(logic, pairs, tmp_path, monkeypatch):
     from liver_e2net.errors import UserInputError
+
+    monkeypatch.setenv("LIVER_E2NET_MODEL", str(tmp_path / "absent.pt"))  # an installation without a bundled model
 
     cases = [(lambda: logic.startTraining(pairs, settings(tmp_path, modelName="my/model")), "Model name 'my/model'"),
              (lambda: logic.startTraining([], settings(tmp_path)), "No usable training pairs"),
@@ -173,7 +175,7 @@ def test_register_model_checks_the_file_and_copies_its_log(logic, modelFolder, l
     (broken.parent / "train.log").write_text("stage 1 epoch 1: ...\n")
     assert logic.registerModel(broken) == modelFolder / "run.pt"  # named after its run folder by default
     assert (modelFolder / "run.log").read_text() == "stage 1 epoch 1: ...\n"
-    assert [entry.path.name for entry in listModels(modelFolder)] == ["run.pt"]
+    assert [entry.path.name for entry in listModels(modelFolder) if not entry.bundled] == ["run.pt"]
 
 
 def test_the_real_child_reports_its_own_error(logic, tmp_path):
