@@ -23,6 +23,8 @@ def nifti_problem(path: str | Path) -> str:
     if not name.endswith((".nii", ".nii.gz")):
         return ""
     opener = gzip.open if name.endswith(".gz") else open
+    if opener is gzip.open and _gzip_size_matches(path):
+        return ""
     try:
         with opener(path, "rb") as stream:
             header = stream.read(540)
@@ -33,6 +35,21 @@ def nifti_problem(path: str | Path) -> str:
     if needed is not None and total < needed:
         return f"{path} is cut short: {total} bytes of image data and header, {needed} needed; copy it again"
     return ""
+
+
+def _gzip_size_matches(path: Path) -> bool:
+    """Fast path: a whole gzip stream ends with its uncompressed size mod 2**32 (ISIZE). If that equals what the
+    header needs, the file is complete (a cut file ends in compressed data, matching by chance 1 in 2**32);
+    otherwise the full stream is read to say what is wrong."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            needed = _needed_bytes(stream.read(540))
+        with open(path, "rb") as raw:
+            raw.seek(-4, 2)
+            size = int.from_bytes(raw.read(4), "little")
+    except (OSError, EOFError, zlib.error):
+        return False
+    return needed is not None and size == needed % 2**32
 
 
 def _needed_bytes(header: bytes) -> int | None:

@@ -127,13 +127,10 @@ class Segmenter:
             seconds["stage2"] = time.perf_counter() - mark
             mark = time.perf_counter()
             progress("postprocess", 0.9, "cleaning up")
-            liver = np.zeros(volume.array.shape, bool)
-            liver[box.slices] = box_probabilities[0] > 0.5
-            tumor = None
-            if tumors:
-                tumor = np.zeros(volume.array.shape, bool)
-                tumor[box.slices] = box_probabilities[1] > 0.5
-            label = compose_label(liver, tumor, volume.voxel_ml, min_lesion_ml)
+            # Liver and tumors lie inside the box: clean up there, a fraction of the whole volume.
+            tumor = box_probabilities[1] > 0.5 if tumors else None
+            label = np.zeros(volume.array.shape, np.uint8)
+            label[box.slices] = compose_label(box_probabilities[0] > 0.5, tumor, volume.voxel_ml, min_lesion_ml)
             if not label.any():
                 warnings.append("no liver found in this CT: the liver segment is empty")
             if probability_map is not None:
