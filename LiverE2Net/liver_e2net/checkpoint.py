@@ -7,7 +7,6 @@ plain JSON-compatible data.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from torch import nn
 
 from .config import LABELS, ModelConfig
 from .errors import UserInputError
+from .io import atomic_output
 from .models import build_network
 
 FORMAT_VERSION = 1
@@ -73,20 +73,8 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False
         "stage2": pack(checkpoint.stage2),
         "metadata": checkpoint.metadata,
     }
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise UserInputError(
-            f"cannot write the checkpoint {path}: {error.strerror}; choose a writable folder"
-        ) from error
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path, suffix=".tmp") as temporary:
+        torch.save(payload, temporary)
     return path
 
 

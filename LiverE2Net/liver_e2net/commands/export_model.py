@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("validation_dice", "synthetic_tumors", "training_cases", "validation_cases"):
         if key in second.metadata:
             metadata[key] = second.metadata[key]
+    if args.stage2 and first.metadata.get("epochs") and second.metadata.get("epochs"):
+        metadata["epochs"] = f"{first.metadata['epochs']} + {second.metadata['epochs']}"  # stage 1 + stage 2
     if args.name:
         metadata["name"] = args.name
     combined = Checkpoint(first.config, first.stage1, second.stage2, metadata, first.labels)
