@@ -26,7 +26,7 @@ from LiverE2NetLib.Segments import (
     storedReport,
     storeSegments,
 )
-from LiverE2NetLib.Surfaces import CoordinateSystem, exportStl
+from LiverE2NetLib.Surfaces import CoordinateSystem, exportStl, openEdgeCount
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -335,21 +335,3 @@ class LiverE2NetTest(ScriptedLoadableModuleTest):
             self.assertIn(message, str(raised.exception))
         self.assertEqual(self._nodeIds(), before)
 
-
-def openEdgeCount(stlPath) -> int:
-    """Boundary plus non-manifold edges of an STL file: 0 for a closed surface."""
-    reader = vtk.vtkSTLReader()
-    reader.SetFileName(str(stlPath))
-    clean = vtk.vtkCleanPolyData()
-    clean.SetInputConnection(reader.GetOutputPort())
-    edges = vtk.vtkFeatureEdges()
-    edges.SetInputConnection(clean.GetOutputPort())
-    edges.BoundaryEdgesOn()
-    edges.NonManifoldEdgesOn()
-    edges.FeatureEdgesOff()
-    edges.ManifoldEdgesOff()
-    edges.Update()
-    clean.Update()
-    if clean.GetOutput().GetNumberOfCells() == 0:
-        return -1  # no surface at all is not a closed surface either
-    return edges.GetOutput().GetNumberOfCells()

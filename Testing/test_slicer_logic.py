@@ -227,7 +227,7 @@ def stlBounds(path: Path) -> np.ndarray:
 
 
 def test_stl_export_writes_closed_surfaces_in_the_chosen_frame(logic, sampleCt, fakeModel, monkeypatch, tmp_path):
-    from LiverE2Net import openEdgeCount
+    from LiverE2NetLib.Surfaces import openEdgeCount
 
     monkeypatch.setenv("FAKE_LIVER_E2NET", "ok")
     segmentationNode = logic.segment(sampleCt, model=fakeModel)

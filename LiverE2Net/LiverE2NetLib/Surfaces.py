@@ -58,3 +58,22 @@ def nonEmptySegmentIds(segmentationNode) -> vtk.vtkStringArray:
         if surface is not None and surface.GetNumberOfCells() > 0:
             segmentIds.InsertNextValue(segmentation.GetNthSegmentID(index))
     return segmentIds
+
+
+def openEdgeCount(stlPath) -> int:
+    """Boundary plus non-manifold edges of an STL file: 0 for a closed surface."""
+    reader = vtk.vtkSTLReader()
+    reader.SetFileName(str(stlPath))
+    clean = vtk.vtkCleanPolyData()
+    clean.SetInputConnection(reader.GetOutputPort())
+    edges = vtk.vtkFeatureEdges()
+    edges.SetInputConnection(clean.GetOutputPort())
+    edges.BoundaryEdgesOn()
+    edges.NonManifoldEdgesOn()
+    edges.FeatureEdgesOff()
+    edges.ManifoldEdgesOff()
+    edges.Update()
+    clean.Update()
+    if clean.GetOutput().GetNumberOfCells() == 0:
+        return -1  # no surface at all is not a closed surface either
+    return edges.GetOutput().GetNumberOfCells()
