@@ -46,3 +46,12 @@ def liteModel(tmp_path_factory) -> Path:
     from liver_e2net.config import lite_config
 
     return save_checkpoint(random_checkpoint(lite_config()), tmp_path_factory.mktemp("models") / "random-lite.pt")
+
+
+@pytest.fixture(scope="session")
+def model(tmp_path_factory) -> Path:
+    """A small random lite model biased to find liver and some tumor: drives the real CLI in tests."""
+    from core_helpers import biased_checkpoint
+    from liver_e2net.checkpoint import save_checkpoint
+
+    return save_checkpoint(biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path_factory.mktemp("m") / "m.pt")

@@ -11,16 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from core_helpers import REPO, SAMPLE_CT, biased_checkpoint
-from liver_e2net.checkpoint import save_checkpoint
+from core_helpers import REPO, SAMPLE_CT
 from liver_e2net.cli import main
-
-
-@pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_checkpoint(
-        biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path_factory.mktemp("m") / "m.pt"
-    )
 
 
 @pytest.fixture(scope="module")

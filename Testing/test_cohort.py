@@ -25,13 +25,6 @@ from liver_e2net.nifti_integrity import nifti_problem
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    return save_checkpoint(
-        biased_checkpoint(liver_bias=0.5, tumor_bias=0.3), tmp_path_factory.mktemp("m") / "m.pt"
-    )
-
-
-@pytest.fixture(scope="module")
 def other_model(tmp_path_factory) -> Path:
     return save_checkpoint(
         biased_checkpoint(liver_bias=0.6, tumor_bias=0.3, seed=1), tmp_path_factory.mktemp("m") / "m2.pt"
