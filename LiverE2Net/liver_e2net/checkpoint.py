@@ -1,11 +1,13 @@
 """One self-describing checkpoint file: config, labels, both stages' weights, training metadata.
 
 Loaded with `torch.load(weights_only=True)`, so a model file can never execute code. Everything but tensors is
-plain JSON-compatible data.
+plain JSON-compatible data. An optional false-positive filter (fp_filter.py) is stored the same way: tree
+arrays as tensors, with the fingerprint of the stage-2 weights it was trained on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +18,13 @@ from torch import nn
 
 from .config import LABELS, ModelConfig
 from .errors import UserInputError
+from .fp_filter import FalsePositiveFilter
 from .io import atomic_output
 from .models import build_network
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "labels", "stage1", "stage2", "metadata")
+INPUT_CONVOLUTION = "encoder.stem.0.weight"  # every branch's first convolution: (out, in_channels, k, k)
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=lambda: dict(LABELS))
     path: Path | None = None
+    fp_filter: FalsePositiveFilter | None = None  # tumor false-positive filter trained on this model's output
 
     def build(self, device: torch.device | str = "cpu") -> tuple[nn.Module, nn.Module]:
         """Both networks in eval mode with their weights, float32, on `device`."""
@@ -52,6 +57,8 @@ class Checkpoint:
         dice = meta.get("validation_dice") or {}
         if dice:
             parts.append("val Dice " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if v is not None))
+        if self.fp_filter is not None:
+            parts.append("tumor false-positive filter")
         return " | ".join(parts)
 
 
@@ -73,6 +80,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False
         "stage2": pack(checkpoint.stage2),
         "metadata": checkpoint.metadata,
     }
+    if checkpoint.fp_filter is not None:
+        check_fp_filter(checkpoint.fp_filter, checkpoint.stage2, f"the model written to {path}")
+        payload["fp_filter"] = checkpoint.fp_filter.to_payload()
     with atomic_output(path, suffix=".tmp") as temporary:
         torch.save(payload, temporary)
     return path
@@ -105,13 +115,53 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     checkpoint = Checkpoint(
         config, payload["stage1"], payload["stage2"], payload["metadata"], payload["labels"], path
     )
+    _check_input_channels(checkpoint, path)
     try:
         checkpoint.build()
     except RuntimeError as error:
         raise UserInputError(
             f"{path}: weights do not match the stored {config.name} config ({str(error)[:200]})"
         ) from error
+    if payload.get("fp_filter") is not None:  # absent from files written before the filter existed
+        checkpoint.fp_filter = FalsePositiveFilter.from_payload(payload["fp_filter"], str(path))
+        check_fp_filter(checkpoint.fp_filter, checkpoint.stage2, str(path))
     return checkpoint
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of one stage's weights, float tensors rounded to fp16 first: the fp16 export of a model
+    (export-model) keeps its fingerprint, and with it its false-positive filter."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu()
+        tensor = (tensor.half() if tensor.is_floating_point() else tensor).reshape(-1).contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tensor.numel()};".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_fp_filter(fp_filter: FalsePositiveFilter, stage2: dict[str, torch.Tensor], where: str) -> None:
+    """A filter judges one model's output: with other stage-2 weights its decisions would be meaningless."""
+    if fp_filter.model_fingerprint != weights_fingerprint(stage2):
+        raise UserInputError(
+            f"{where}: the false-positive filter was trained for another model (stage-2 weights fingerprint "
+            f"{fp_filter.model_fingerprint[:16]}, these weights are {weights_fingerprint(stage2)[:16]}); "
+            "retrain it for these weights with liver-e2net train-fp-filter"
+        )
+
+
+def _check_input_channels(checkpoint: Checkpoint, path: Path) -> None:
+    """Each stage's first convolution must take context_slices channels: a mismatch means the weights were
+    trained with another slice context than the config records, and serving them would be silently wrong."""
+    context = checkpoint.config.preprocessing.context_slices
+    for stage in ("stage1", "stage2"):
+        for name, weight in getattr(checkpoint, stage).items():
+            if name.endswith(INPUT_CONVOLUTION) and weight.ndim == 4 and weight.shape[1] != context:
+                raise UserInputError(
+                    f"{path}: the config records context_slices {context}, but the {stage} weights' first "
+                    f"convolution ({name}) takes {weight.shape[1]} input channel(s); the file mixes models "
+                    "trained with different --context-slices: re-export or re-train it"
+                )
 
 
 def random_checkpoint(config: ModelConfig, seed: int = 0, **metadata: Any) -> Checkpoint:

@@ -10,7 +10,18 @@ import sys
 from . import __version__
 from .errors import UserInputError
 
-COMMANDS = ("segment", "info", "benchmark", "evaluate", "synth_preview", "robustness", "train", "export_model", "segment_batch")
+COMMANDS = (
+    "segment",
+    "info",
+    "benchmark",
+    "evaluate",
+    "synth_preview",
+    "robustness",
+    "train",
+    "export_model",
+    "segment_batch",
+    "train_fp_filter",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

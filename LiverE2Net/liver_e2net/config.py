@@ -6,7 +6,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import UserInputError
+
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
+CONTEXT_SLICES = (1, 3, 5)  # adjacent axial slices given to both networks as input channels
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class PreprocessingConfig:
     stage2_size: int = 256  # liver crops are resized to stage2_size x stage2_size
     box_margin_mm: float = 15.0  # margin added around the stage-1 liver box (in-plane)
     box_margin_slices: int = 2  # extra slices above and below the stage-1 liver
+    # 2.5D input (H-DenseUNet's 2D part, the LiTS-2017 winner): slices z-k..z+k as channels, k = n // 2.
+    context_slices: int = 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,21 @@ class ModelConfig:
     stage1: NetworkConfig = field(default_factory=NetworkConfig)
     stage2: NetworkConfig = field(default_factory=lambda: NetworkConfig(arch="e2net", out_channels=2))
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+
+    def __post_init__(self) -> None:
+        context = self.preprocessing.context_slices
+        if context not in CONTEXT_SLICES:
+            raise UserInputError(
+                f"context_slices {context!r}: use one of {', '.join(map(str, CONTEXT_SLICES))} "
+                "(the slice alone, or with 1 or 2 neighbours on each side)"
+            )
+        for stage in ("stage1", "stage2"):
+            channels = getattr(self, stage).in_channels
+            if channels != context:
+                raise UserInputError(
+                    f"{stage} in_channels {channels} differs from context_slices {context}: each context slice "
+                    "is one input channel (build the config with with_context_slices)"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -90,6 +110,20 @@ def lite_config() -> ModelConfig:
     stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=small)
     stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=16, backbone=small)
     return ModelConfig(name="lite", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
+
+
+def with_context_slices(config: ModelConfig, context_slices: int) -> ModelConfig:
+    """`config` fed `context_slices` adjacent slices: the preprocessing and both networks' input channels."""
+    if context_slices not in CONTEXT_SLICES:
+        raise UserInputError(
+            f"--context-slices {context_slices!r}: use one of {', '.join(map(str, CONTEXT_SLICES))}"
+        )
+    return dataclasses.replace(
+        config,
+        stage1=dataclasses.replace(config.stage1, in_channels=context_slices),
+        stage2=dataclasses.replace(config.stage2, in_channels=context_slices),
+        preprocessing=dataclasses.replace(config.preprocessing, context_slices=context_slices),
+    )
 
 
 CONFIGS = {"paper": paper_config, "lite": lite_config}

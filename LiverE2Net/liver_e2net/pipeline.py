@@ -16,6 +16,7 @@ import torch
 from .checkpoint import Checkpoint, default_model_path, load_checkpoint
 from .devices import autocast_dtype, configure_threads, resolve_device
 from .errors import UserInputError
+from .fp_filter import apply_filter, choose_filter
 from .io import Volume
 from .models import segmentation_logits
 from .models.fusion import fuse_batchnorm
@@ -23,6 +24,7 @@ from .postprocessing import compose_label, largest_component
 from .preprocessing import (
     Box,
     bounding_box,
+    context_stack,
     from_network_frame,
     normalize_hu,
     resize,
@@ -69,6 +71,7 @@ class SegmentationResult:
     probabilities: np.ndarray | None  # [2, z, y, x] float32 liver / tumor probability on the input grid
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    rejected_candidates: int | None = None  # tumors removed by the false-positive filter; None: no filter
 
 
 class Segmenter:
@@ -82,6 +85,7 @@ class Segmenter:
         stage1_batch: int = 16,
         stage2_batch: int = 8,
         tta: TestTimeAugmentation = TestTimeAugmentation(),
+        fp_filter: str = "auto",
     ):
         if checkpoint is None:
             checkpoint = default_model_path()
@@ -91,6 +95,10 @@ class Segmenter:
                 )
         self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
         self.config = self.checkpoint.config
+        # auto: the model's own tumor false-positive filter if it carries one (on: it must, off: never).
+        self.fp_filter = choose_filter(
+            self.checkpoint.fp_filter, fp_filter, str(self.checkpoint.path or "given")
+        )
         self.device = resolve_device(device)
         self.threads = configure_threads(threads) if self.device.type == "cpu" else torch.get_num_threads()
         self.stage1, self.stage2 = (
@@ -117,6 +125,7 @@ class Segmenter:
         box = self._stage1(volume, progress)
         seconds["stage1"] = time.perf_counter() - start
         warnings = []
+        rejected = 0 if tumors and self.fp_filter is not None else None
         probability_map = np.zeros((2, *volume.array.shape), np.float32) if probabilities else None
         if box is None:
             warnings.append("no liver found in this CT: the liver segment is empty")
@@ -131,6 +140,14 @@ class Segmenter:
             tumor = box_probabilities[1] > 0.5 if tumors else None
             label = np.zeros(volume.array.shape, np.uint8)
             label[box.slices] = compose_label(box_probabilities[0] > 0.5, tumor, volume.voxel_ml, min_lesion_ml)
+            if rejected is not None:  # the box holds the whole liver, so its features equal the full volume's
+                label[box.slices], rejected = apply_filter(
+                    label[box.slices],
+                    volume.array[box.slices],
+                    box_probabilities[1],
+                    volume.spacing,
+                    self.fp_filter,
+                )
             if not label.any():
                 warnings.append("no liver found in this CT: the liver segment is empty")
             if probability_map is not None:
@@ -140,7 +157,7 @@ class Segmenter:
         if probability_map is not None:
             probability_map = np.stack([from_network_frame(p, volume, record) for p in probability_map])
         seconds["total"] = time.perf_counter() - start
-        return SegmentationResult(label, probability_map, seconds, warnings)
+        return SegmentationResult(label, probability_map, seconds, warnings, rejected)
 
     def _run(self, network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -148,9 +165,11 @@ class Segmenter:
             return torch.sigmoid(segmentation_logits(network(batch)).float())
 
     def _slices(self, array: np.ndarray, start: int, stop: int) -> torch.Tensor:
-        """HU slices -> normalised (B, 1, H, W) float on the device (the int16 copy is what crosses to the GPU)."""
-        batch = torch.from_numpy(np.ascontiguousarray(array[start:stop])).to(self.device, non_blocking=True)
-        return normalize_hu(batch, self.config.preprocessing.hu_window)[:, None]
+        """HU slices start:stop of a [z, y, x] array, each with its context neighbours as channels -> normalised
+        (B, C, H, W) float on the device (the int16 copy is what crosses to the GPU)."""
+        prep = self.config.preprocessing
+        stack = context_stack(array, range(start, stop), prep.context_slices)
+        return normalize_hu(torch.from_numpy(stack).to(self.device, non_blocking=True), prep.hu_window)
 
     def _stage1(self, volume: Volume, progress: Reporter) -> Box | None:
         """Coarse liver at the stage-1 pixel size; its largest 3D component gives the liver box (native voxels)."""
@@ -188,13 +207,14 @@ class Segmenter:
 
     def _stage2(self, volume: Volume, box: Box, progress: Reporter) -> np.ndarray:
         """E2Net on every slice of the liver box resized to stage2_size; probabilities resized back to the box."""
-        crop = volume.array[box.slices]
-        box_shape = crop.shape[1:]
-        result = np.empty((2, *crop.shape), np.float32)
+        # The in-plane crop of every slice: context neighbours of the box's end slices lie outside it in z.
+        crop = volume.array[:, box.slices[1], box.slices[2]]
+        depth, box_shape = box.z1 - box.z0, crop.shape[1:]
+        result = np.empty((2, depth, *box_shape), np.float32)
         flips = (False, True) if self.tta.flip else (False,)
-        for start in range(0, crop.shape[0], self.stage2_batch):
-            stop = min(crop.shape[0], start + self.stage2_batch)
-            slices = self._slices(crop, start, stop)
+        for start in range(0, depth, self.stage2_batch):
+            stop = min(depth, start + self.stage2_batch)
+            slices = self._slices(crop, box.z0 + start, box.z0 + stop)
             probabilities = 0
             for size in self.stage2_sizes:
                 for flip in flips:
@@ -203,7 +223,7 @@ class Segmenter:
                     probabilities = probabilities + resize(output.flip(-1) if flip else output, box_shape)
             probabilities = probabilities / (len(self.stage2_sizes) * len(flips))
             result[:, start:stop] = probabilities.transpose(0, 1).cpu().numpy()
-            progress("stage2", _span("stage2", stop / crop.shape[0]), f"slice {stop}/{crop.shape[0]}")
+            progress("stage2", _span("stage2", stop / depth), f"slice {stop}/{depth}")
         return result
 
 

@@ -13,6 +13,8 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
+from .config import CONTEXT_SLICES
+from .errors import UserInputError
 from .io import Volume
 
 NETWORK_ORIENTATION = "LPS"
@@ -51,6 +53,27 @@ def normalize_hu(array: np.ndarray | torch.Tensor, window: tuple[float, float]):
     if isinstance(array, torch.Tensor):
         return array.float().clamp(low, high) * scale + offset
     return np.clip(array, low, high).astype(np.float32) * np.float32(scale) + np.float32(offset)
+
+
+def context_stack(volume_zyx: np.ndarray, indices, context_slices: int) -> np.ndarray:
+    """[z, y, x] volume -> (len(indices), context_slices, y, x): for each index z, slices z-k .. z+k in that
+    order (k = context_slices // 2), the index's own slice in the middle; past either end of the volume the end
+    slice repeats. Context 1 is the slice itself as one channel.
+
+    Why one function: inference, training samples and validation must build exactly the same input. Only the
+    needed slices are read, so it is cheap on memory-mapped volumes and on views of a crop.
+    """
+    if context_slices not in CONTEXT_SLICES:
+        raise UserInputError(
+            f"context_slices {context_slices!r}: use one of {', '.join(map(str, CONTEXT_SLICES))}"
+        )
+    indices = np.asarray(indices, dtype=np.intp).reshape(-1)
+    depth = volume_zyx.shape[0]
+    if indices.size and (indices.min() < 0 or indices.max() >= depth):
+        raise IndexError(f"slice indices {indices.min()}..{indices.max()} outside a volume of {depth} slices")
+    half = context_slices // 2
+    neighbours = np.clip(indices[:, None] + np.arange(-half, half + 1), 0, depth - 1)  # (B, C)
+    return np.ascontiguousarray(volume_zyx[neighbours])
 
 
 def resize(batch: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:

@@ -25,6 +25,7 @@ from .. import __version__
 from ..commands.segment import model_summary, write_probabilities
 from ..dicom_seg import write_dicom_seg
 from ..errors import UserInputError
+from ..fp_filter import TREE_ARRAYS
 from ..io import atomic_output, check_ct_values, read_ct, write_labelmap
 from ..progress import Reporter, null_reporter
 from ..report import case_report
@@ -76,6 +77,11 @@ def model_fingerprint(checkpoint) -> str:
             tensor = state[key].detach().cpu().reshape(-1).contiguous()
             digest.update(f"{key}:{tensor.dtype}".encode())
             digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    if getattr(checkpoint, "fp_filter", None) is not None:  # filtered output differs: it is another model
+        payload = checkpoint.fp_filter.to_payload()
+        digest.update(f"fp_filter:{payload['decision_threshold']}".encode())
+        for key in TREE_ARRAYS:
+            digest.update(payload[key].numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

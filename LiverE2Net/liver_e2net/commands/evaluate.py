@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import evaluation
 from ..errors import UserInputError
+from .segment import add_fp_filter_argument
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--output", type=Path, help="output folder (default: the --pred folder; required with --model)"
     )
+    add_fp_filter_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -44,10 +46,12 @@ def run(args: argparse.Namespace) -> int:
         if args.output is None:
             raise UserInputError("--model needs -o OUTDIR for the segmentations and the evaluation files")
         output = writable_folder(args.output)
-        cases = segment_cases(args.model, args.data, output)
+        cases = segment_cases(args.model, args.data, output, fp_filter=args.fp_filter)
     else:
         if args.pred is None or args.ref is None:
             raise UserInputError("give --pred DIR and --ref DIR (or --model M --data DIR)")
+        if args.fp_filter != "auto":
+            raise UserInputError("--fp-filter applies when segmenting (--model M --data DIR), not to --pred")
         cases = evaluation.pair_folders(args.pred, args.ref)  # first: a missing --pred folder is not created
         evaluation.check_geometry(cases)
         output = writable_folder(args.output or args.pred)
@@ -70,7 +74,9 @@ def writable_folder(folder: Path) -> Path:
     return folder
 
 
-def segment_cases(model: str, data: Path, output: Path, device: str = "auto") -> list[evaluation.CaseFiles]:
+def segment_cases(
+    model: str, data: Path, output: Path, device: str = "auto", fp_filter: str = "auto"
+) -> list[evaluation.CaseFiles]:
     """Segments every CT of `data` that has a reference label map into output/<case>_pred.nii.gz."""
     from ..io import read_ct, write_labelmap
     from ..pipeline import Segmenter
@@ -82,7 +88,7 @@ def segment_cases(model: str, data: Path, output: Path, device: str = "auto") ->
     if missing:
         names = ", ".join(references[name].name for name in missing)
         raise UserInputError(f"no CT (<case>_ct.nii.gz or <case>_0000.nii.gz) in {data} for: {names}")
-    segmenter = Segmenter(model, device=device)  # loaded once for all cases
+    segmenter = Segmenter(model, device=device, fp_filter=fp_filter)  # loaded once for all cases
     cases = []
     for name in sorted(references):
         prediction = output / f"{name}_pred.nii.gz"

@@ -45,7 +45,10 @@ def run(args: argparse.Namespace) -> int:
         metadata["epochs"] = f"{first.metadata['epochs']} + {second.metadata['epochs']}"  # stage 1 + stage 2
     if args.name:
         metadata["name"] = args.name
-    combined = Checkpoint(first.config, first.stage1, second.stage2, metadata, first.labels)
+    # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.
+    combined = Checkpoint(
+        first.config, first.stage1, second.stage2, metadata, first.labels, fp_filter=second.fp_filter
+    )
     path = save_checkpoint(combined, args.output, half=not args.full_precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {load_checkpoint(path).describe()}")
     return 0

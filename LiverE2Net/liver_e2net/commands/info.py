@@ -68,6 +68,12 @@ def run(args: argparse.Namespace) -> int:
     prep = config.preprocessing
     print(
         f"input     HU window {list(prep.hu_window)}, stage 1 at {prep.stage1_pixel_mm} mm/pixel, stage 2 at "
-        f"{prep.stage2_size}x{prep.stage2_size} liver crops"
+        f"{prep.stage2_size}x{prep.stage2_size} liver crops, {_context(prep.context_slices)}"
     )
     return 0
+
+
+def _context(context_slices: int) -> str:
+    if context_slices == 1:
+        return "1 slice per input (2D)"
+    return f"{context_slices} adjacent slices per input (z-{context_slices // 2}..z+{context_slices // 2})"

@@ -11,6 +11,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import UserInputError
+from ..fp_filter import FP_FILTER_MODES
 from ..io import atomic_output, output_format, read_ct, write_labelmap
 from ..pipeline import DEFAULT_TTA_SCALES, TTA_MODES
 from ..progress import add_progress_argument, make_reporter
@@ -35,6 +36,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
     )
+    add_fp_filter_argument(parser)
     parser.add_argument(
         "--tta",
         default="none",
@@ -77,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     progress = make_reporter(args.progress)
     progress("load", 0.0, "loading model")
     tta = TestTimeAugmentation.from_mode(args.tta, tuple(args.tta_scales))
-    segmenter = Segmenter(args.model, device=args.device, threads=args.threads, tta=tta)
+    segmenter = Segmenter(
+        args.model, device=args.device, threads=args.threads, tta=tta, fp_filter=args.fp_filter
+    )
     progress("load", 0.02, f"reading {args.input}")
     ct = read_ct(args.input)
     result = segmenter.segment(
@@ -96,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
     summary = case_report(result.label, ct)
     for warning in result.warnings:
         log.warning("warning: %s", warning)
+    if result.rejected_candidates:
+        log.info("the false-positive filter removed %d tumor candidate(s)", result.rejected_candidates)
     if args.report:
         report = {
             "input": str(args.input),
@@ -105,6 +111,10 @@ def run(args: argparse.Namespace) -> int:
             "threads": segmenter.threads,
             "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
             **summary,
+            "false_positive_filter": {
+                "used": result.rejected_candidates is not None,
+                "rejected_candidates": result.rejected_candidates or 0,
+            },
             "warnings": result.warnings,
         }
         with atomic_output(args.report) as temporary:
@@ -121,6 +131,15 @@ def run(args: argparse.Namespace) -> int:
     if close:
         close()
     return 0
+
+
+def add_fp_filter_argument(parser) -> None:
+    parser.add_argument(
+        "--fp-filter",
+        default="auto",
+        choices=FP_FILTER_MODES,
+        help="tumor false-positive filter: auto (default: if the model carries one), on (the model must) or off",
+    )
 
 
 def model_summary(segmenter) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -17,8 +18,10 @@ from ..cohort.runner import LABEL_FILES, BatchOptions, model_info, slice_count
 from ..cohort.sharding import Shard, barrier, gather_to_rank0, process_group, rank_device, rank_threads
 from ..cohort.table import summary_text, write_table
 from ..errors import UserInputError
+from ..fp_filter import choose_filter
 from ..pipeline import Segmenter
 from ..progress import add_progress_argument, make_reporter
+from .segment import add_fp_filter_argument
 
 log = logging.getLogger("liver_e2net")
 TABLE = "cohort.csv"
@@ -59,6 +62,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
     )
+    add_fp_filter_argument(parser)
     parser.add_argument("--stl", action="store_true", help="also write closed STL surfaces (LPS mm) per case")
     parser.add_argument(
         "--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)"
@@ -102,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         args.stl,
         args.smoothing,
     )
+    # The model before the batch folder: a refused model (or --fp-filter on without a filter) writes nothing.
+    checkpoint = _checkpoint(args.model, args.fp_filter)
     outdir = prepare_outdir(Path(args.output))
     discovery = discover(args.inputs, args.pattern, exclude=outdir)
     if not discovery.cases and not discovery.skipped:
@@ -111,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
         )
     if shard.rank == 0:
         _log_discovery(discovery)
-    checkpoint = _checkpoint(args.model)
     model = model_info(checkpoint)
     refuse_mixed_models(outdir, model, args.force)
     progress = make_reporter("none" if shard.rank and args.progress in ("auto", "bar") else args.progress)
@@ -162,12 +167,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint(path: str | None):
-    """The checkpoint itself (not a Segmenter): Ray ships it to its workers, and the fingerprint needs it first."""
+def _checkpoint(path: str | None, fp_filter: str):
+    """The checkpoint itself (not a Segmenter): Ray ships it to its workers, and the fingerprint needs it first.
+    It keeps its false-positive filter only where --fp-filter uses it, so the fingerprint says whether it ran."""
     path = path or default_model_path()
     if path is None:
         raise UserInputError("no model given and no bundled model found in Resources/Models; pass --model")
-    return load_checkpoint(path)
+    checkpoint = load_checkpoint(path)
+    return dataclasses.replace(
+        checkpoint, fp_filter=choose_filter(checkpoint.fp_filter, fp_filter, str(path))
+    )
 
 
 def _log_plan(discovery, work, workers: str, model: dict) -> None:

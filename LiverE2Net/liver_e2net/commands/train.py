@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import CONFIGS
+from ..config import CONFIGS, CONTEXT_SLICES
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
 
@@ -23,9 +23,12 @@ CONFIG_OPTIONS = (
     "val_cases",
     "val_fraction",
     "synthetic_tumors",
+    "synthetic_size_weights",
+    "tumor_pos_weight",
     "stages",
     "seed",
     "bn_calibration_samples",
+    "edge_target",
 )
 
 
@@ -65,6 +68,19 @@ def register(subparsers) -> None:
     )
     model = parser.add_argument_group("model and run")
     model.add_argument("--config", choices=sorted(CONFIGS), help="model config for a new run (default lite)")
+    model.add_argument(
+        "--context-slices",
+        type=_context_slices,
+        metavar="{1,3,5}",
+        help="adjacent axial slices given to both networks as input channels, edge slices repeated at the "
+        "volume's ends (2.5D input; default 1, the slice alone; recorded in the checkpoint)",
+    )
+    model.add_argument(
+        "--edge-target",
+        choices=["distance", "plain"],
+        help="target of the stage-2 edge branch: the paper's edge-distance map (default) or the plain binary "
+        "edge (its ablation)",
+    )
     model.add_argument("-o", "--output", metavar="DIR", help="output folder (must not hold a run already)")
     model.add_argument(
         "--init", metavar="MODEL.pt", help="fine-tune from this checkpoint (its config is used)"
@@ -83,7 +99,21 @@ def register(subparsers) -> None:
         "--synthetic-tumors",
         type=float,
         metavar="P",
-        help="probability of painting synthetic tumors into a stage-2 sample (default 0)",
+        help="probability of painting synthetic tumors into a stage-2 sample (default 0); validation cases "
+        "without tumors then get synthetic ones too (fixed seed), so best.pt is chosen on tumors as well",
+    )
+    optimisation.add_argument(
+        "--synthetic-size-weights",
+        type=_weights,
+        metavar="W,W,W,W",
+        help="relative frequency of synthetic tumors of 3-5, 5-10, 10-25 and 25-60 mm (default 0.2,0.35,0.3,0.15)",
+    )
+    optimisation.add_argument(
+        "--tumor-pos-weight",
+        type=float,
+        metavar="W",
+        help="weight of tumor pixels in the BCE loss terms (default 1, the paper's loss; >1 is the weighted "
+        "cross-entropy of H-DenseUNet and Chlebus et al. against the tumor/background imbalance)",
     )
     optimisation.add_argument(
         "--bn-calibration-samples",
@@ -103,7 +133,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import get_config
     from ..devices import available_cores, configure_threads
     from ..training import CasePaths, TrainConfig, discover, read_state, train
     from ..training.config import DEFAULT_LR
@@ -133,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             sources or None,
             output,
             config,
-            model_config=get_config(args.config) if args.config else None,
+            model_config=_model_config(args, config.model),
             init=args.init,
             resume=bool(args.resume),
             device=args.device,
@@ -150,6 +179,25 @@ def run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _model_config(args: argparse.Namespace, default_name: str):
+    """The ModelConfig asked for on the command line, or None to take the run's / --init's / the default."""
+    from ..config import get_config, with_context_slices
+
+    if args.config is None and args.context_slices is None:
+        return None
+    config = get_config(args.config or default_name)
+    return config if args.context_slices is None else with_context_slices(config, args.context_slices)
+
+
+def _context_slices(text: str) -> int:
+    if text.strip() not in {str(n) for n in CONTEXT_SLICES}:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: use one of {', '.join(map(str, CONTEXT_SLICES))} (the slice alone, or with 1 or 2 "
+            "neighbours on each side)"
+        )
+    return int(text)
+
+
 def _names(text: str) -> tuple[str, ...]:
     return tuple(name.strip() for name in text.split(",") if name.strip())
 
@@ -162,3 +210,17 @@ def _stages(text: str) -> tuple[int, ...]:
     if not stages or not set(stages) <= {1, 2}:
         raise argparse.ArgumentTypeError(f"{text!r}: use 1, 2 or 1,2")
     return stages
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    try:
+        weights = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give comma-separated numbers, e.g. 0.05,0.15,0.4,0.4"
+        ) from None
+    if len(weights) != 4:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give 4 weights, one per size class (3-5, 5-10, 10-25, 25-60 mm)"
+        )
+    return weights

@@ -44,18 +44,21 @@ def random_affine(rng: np.random.Generator, config: AugmentConfig, height: int, 
 
 
 def warp(image: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """image (1, H, W) in [-1, 1] and float masks (C, H, W) -> the same, resampled; outside becomes air / 0."""
+    """image (K, H, W) in [-1, 1] (K context slices) and float masks (C, H, W) -> the same, resampled together;
+    outside becomes air / 0."""
     stack = torch.cat([image + 1.0, masks])[None]  # +1: zero padding then means -1, the air of the window
     grid = F.affine_grid(theta[None], list(stack.shape), align_corners=False)
     warped = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    return warped[:1] - 1.0, warped[1:]
+    return warped[: len(image)] - 1.0, warped[len(image) :]
 
 
 def noise_and_blur(image: torch.Tensor, rng: np.random.Generator, config: AugmentConfig) -> torch.Tensor:
-    """image (1, H, W) normalised -> the same with a slight Gaussian blur and/or Gaussian noise."""
-    array = image[0].numpy()
+    """image (K, H, W) normalised -> the same with a slight in-plane Gaussian blur (one kernel for all K slices,
+    as one reconstruction kernel made them) and/or Gaussian noise (independent per slice, as a scanner's)."""
+    array = image.numpy()
     if rng.random() < config.blur_probability:
-        array = ndimage.gaussian_filter(array, rng.uniform(*config.blur_sigma))
+        sigma = rng.uniform(*config.blur_sigma)
+        array = ndimage.gaussian_filter(array, (0, sigma, sigma))
     if rng.random() < config.noise_probability:
         array = array + rng.standard_normal(array.shape, dtype=np.float32) * np.float32(config.noise_std)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

@@ -23,7 +23,7 @@ def recalibrate_batchnorm(
     autocast: torch.dtype | None = None,
 ) -> None:
     """Replace every BatchNorm's running mean / variance by their average over the `images` batches
-    (B, 1, H, W) under the current weights."""
+    (B, K, H, W) under the current weights (K context slices, as the network's input)."""
     norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for norm in norms:

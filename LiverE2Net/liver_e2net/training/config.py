@@ -12,6 +12,8 @@ from typing import Any
 
 from ..config import _from_dict
 from ..errors import UserInputError
+from .synthetic_tumors import SyntheticTumorConfig
+from .targets import EDGE_TARGETS
 
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 
@@ -53,12 +55,18 @@ class TrainConfig:
     val_cases: tuple[str, ...] = ()
     val_fraction: float = 0.2
     synthetic_tumors: float = 0.0  # probability per stage-2 sample
+    # Weights of the synthetic size classes tiny 3-5, small 5-10, medium 10-25, large 25-60 mm (Hu et al.'s
+    # defaults); a short training budget learns the larger ones first.
+    synthetic_size_weights: tuple[float, ...] = SyntheticTumorConfig.size_class_weights
+    tumor_pos_weight: float = 1.0  # weight of tumor pixels in the BCE terms; 1 = the paper's loss
     seed: int = 0
     stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
     stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
     stage2_extra_slices: int = 2  # slices above and below the liver box also used in stage 2
     tumor_slice_fraction: float = 0.5  # share of a tumor case's stage-2 samples drawn from tumor slices
     bn_calibration_samples: int = 64  # un-augmented samples that recompute BatchNorm statistics per epoch
+    # Edge-branch target (paper Table 3): "distance", the edge-distance map, or "plain", the binary edge.
+    edge_target: str = "distance"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -82,7 +90,12 @@ class TrainConfig:
                 f"--synthetic-tumors {self.synthetic_tumors}: a probability in [0, 1]",
             ),
             (0 <= self.tumor_slice_fraction <= 1, "tumor_slice_fraction must be in [0, 1]"),
+            (self.tumor_pos_weight > 0, f"--tumor-pos-weight {self.tumor_pos_weight}: must be > 0"),
             (self.bn_calibration_samples >= 0, "bn_calibration_samples must be >= 0"),
+            (
+                self.edge_target in EDGE_TARGETS,
+                f"--edge-target {self.edge_target!r}: use one of {', '.join(EDGE_TARGETS)}",
+            ),
             (
                 0 <= self.stage2_pad_native[0] <= self.stage2_pad_native[1],
                 "stage2_pad_native must be (low, high)",
@@ -91,6 +104,10 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise UserInputError(message)
+        self.synthetic_tumor_config()  # checks --synthetic-size-weights
+
+    def synthetic_tumor_config(self) -> SyntheticTumorConfig:
+        return SyntheticTumorConfig(size_class_weights=tuple(self.synthetic_size_weights))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,6 +4,10 @@ BCE is the mean over pixels (eq. 1 sums; the mean only rescales it and keeps the
 meaningful at any image size). The IoU loss works on sigmoid probabilities per image and channel, with a
 smoothing of 1 pixel in numerator and denominator: without it a slice with no liver (or no tumor) has
 IoU loss 1 whatever the prediction, so the network would never learn to predict nothing there.
+
+`tumor_pos_weight` (1 = the paper) weights the tumor pixels in the BCE terms, as the weighted cross-entropy
+of H-DenseUNet and Chlebus et al.: tumors cover well under 1 % of a slice, and with the plain loss a small
+decoder on a short (CPU) training budget settles on "no tumor anywhere" before it learns what one looks like.
 """
 
 from __future__ import annotations
@@ -25,12 +29,23 @@ def iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1.0 - (intersection + IOU_SMOOTH) / (union + IOU_SMOOTH)).mean()
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits.float(), target)
+def bce_loss(
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=pos_weight)
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return iou_loss(logits, target) + bce_loss(logits, target)
+def segmentation_loss(
+    logits: torch.Tensor, target: torch.Tensor, pos_weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    return iou_loss(logits, target) + bce_loss(logits, target, pos_weight)
+
+
+def _channel_pos_weight(tumor_pos_weight: float, like: torch.Tensor) -> torch.Tensor | None:
+    """(1, 2, 1, 1) weights of the positive pixels per channel: liver 1, tumor `tumor_pos_weight`."""
+    if tumor_pos_weight == 1.0:
+        return None
+    return torch.tensor([1.0, tumor_pos_weight], device=like.device).view(1, 2, 1, 1)
 
 
 def stage1_loss(logits: torch.Tensor, liver: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -40,10 +55,16 @@ def stage1_loss(logits: torch.Tensor, liver: torch.Tensor) -> tuple[torch.Tensor
 
 
 def stage2_loss(
-    output: E2NetOutput, masks: torch.Tensor, edges: torch.Tensor
+    output: E2NetOutput | torch.Tensor, masks: torch.Tensor, edges: torch.Tensor, tumor_pos_weight: float = 1.0
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """l_2nd = IoU+BCE(g_m, s1) + IoU+BCE(g_m, s2) + 4 BCE(g_e, e); masks and edges (B, 2, H, W) liver/tumor."""
-    s1 = segmentation_loss(output.s1, masks)
-    s2 = segmentation_loss(output.s2, masks)
+    """E2Net: l_2nd = IoU+BCE(g_m, s1) + IoU+BCE(g_m, s2) + 4 BCE(g_e, e); masks and edges (B, 2, H, W)
+    liver/tumor. An R2UNet in stage 2 (the baseline of the paper's Table 3) has no edge branch: its loss is the
+    segmentation loss IoU+BCE(g_m, s) on its logits alone, with the same tumor weighting."""
+    pos_weight = _channel_pos_weight(tumor_pos_weight, masks)
+    if not isinstance(output, E2NetOutput):
+        segmentation = segmentation_loss(output, masks, pos_weight)
+        return segmentation, {"s": segmentation.detach()}
+    s1 = segmentation_loss(output.s1, masks, pos_weight)
+    s2 = segmentation_loss(output.s2, masks, pos_weight)
     edge = bce_loss(output.edge, edges)
     return s1 + s2 + EDGE_WEIGHT * edge, {"s1": s1.detach(), "s2": s2.detach(), "edge": edge.detach()}

@@ -32,10 +32,15 @@ def model_config(
         return requested or get_config(train_config.model if train_config else "lite")
     if requested is not None and requested != stored:
         raise UserInputError(
-            f"{origin} uses the {stored.name!r} model config, which differs from the requested "
-            f"{requested.name!r}; leave out --config (it is taken from {origin})"
+            f"{origin} uses the {stored.name!r} model config ({_context(stored)}), which differs from the "
+            f"requested {requested.name!r} config ({_context(requested)}); leave out --config and "
+            f"--context-slices (they are taken from {origin})"
         )
     return stored
+
+
+def _context(config: ModelConfig) -> str:
+    return f"context_slices {config.preprocessing.context_slices}"
 
 
 def train_config(

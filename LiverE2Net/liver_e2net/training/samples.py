@@ -16,11 +16,11 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config import ModelConfig
 from ..errors import UserInputError
-from ..preprocessing import normalize_hu, resize, stage1_size
+from ..preprocessing import context_stack, normalize_hu, resize, stage1_size
 from .augment import adjust_hu, noise_and_blur, random_affine, warp
 from .cache import CachedCase
 from .config import TrainConfig
-from .synthetic_tumors import SyntheticTumorConfig, insert_tumors_slab
+from .synthetic_tumors import insert_tumors_slab
 from .targets import edge_targets
 
 log = logging.getLogger("liver_e2net.training")
@@ -71,6 +71,11 @@ class _Samples(Dataset):
         config = dataclasses.replace(self.config, augment=augment)
         return type(self)(self.cases, self.model_config, config, CALIBRATION)
 
+    def _image(self, volume_zyx: np.ndarray, z: int, rng: np.random.Generator) -> np.ndarray:
+        """Slice z of a [z, y, x] HU volume with its context neighbours, as inference stacks them -> (K, y, x)
+        normalised float32, augmented in HU alike on all K slices."""
+        return self._hu(context_stack(volume_zyx, [z], self.prep.context_slices)[0], rng)
+
     def _hu(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """HU (augmented) -> normalised float32, as inference's normalize_hu."""
         if self.config.augment.enabled:
@@ -80,7 +85,7 @@ class _Samples(Dataset):
     def _geometry_and_noise(
         self, image: torch.Tensor, masks: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image (1, H, W), float masks (C, H, W) -> augmented; masks stay soft until the caller thresholds."""
+        """image (K, H, W), float masks (C, H, W) -> augmented; masks stay soft until the caller thresholds."""
         if not self.config.augment.enabled:
             return image, masks
         image, masks = warp(image, masks, random_affine(rng, self.config.augment, *image.shape[-2:]))
@@ -88,7 +93,8 @@ class _Samples(Dataset):
 
 
 class Stage1Samples(_Samples):
-    """Random axial slices of whole CTs on the stage-1 grid, randomly cropped: (image, liver) (1, P, P) each.
+    """Random axial slices of whole CTs on the stage-1 grid, randomly cropped: image (K, P, P) of K context
+    slices, liver (1, P, P).
 
     The paper crops 448 x 448 of 512 x 512 native slices; here the crop covers the same field of view on the
     stage-1 grid (rounded to the network stride), or the whole slice when that is smaller, padded with air to
@@ -126,10 +132,11 @@ class Stage1Samples(_Samples):
         flat = int(rng.integers(len(self)))
         case_index = int(np.searchsorted(self.first_slice, flat, side="right") - 1)
         case, z = self.cases[case_index], flat - int(self.first_slice[case_index])
-        image = self._hu(case.ct[z], rng)
+        image = self._image(case.ct, z, rng)  # (K, H, W)
         liver = (case.label[z] >= 1).astype(np.float32)
-        both = resize(torch.from_numpy(np.stack([image, liver]))[None], self.grid[case_index])[0]  # (2, h, w)
-        image, liver = self._geometry_and_noise(both[:1], both[1:], rng)
+        both = np.concatenate([image, liver[None]])
+        both = resize(torch.from_numpy(both)[None], self.grid[case_index])[0]  # (K + 1, h, w)
+        image, liver = self._geometry_and_noise(both[:-1], both[-1:], rng)
         (crop_h, crop_w), (grid_h, grid_w) = self.crop[case_index], self.grid[case_index]
         y0, x0 = int(rng.integers(grid_h - crop_h + 1)), int(rng.integers(grid_w - crop_w + 1))
         image, liver = (t[:, y0 : y0 + crop_h, x0 : x0 + crop_w] for t in (image, liver))
@@ -138,7 +145,7 @@ class Stage1Samples(_Samples):
 
 class Stage2Samples(_Samples):
     """Slices of the ground-truth 3D liver box padded by a random 10-60 native pixels per side, resized to
-    stage2_size: (image (1, S, S), masks (2, S, S) liver/tumor, edge maps (2, S, S)).
+    stage2_size: (image (K, S, S) of K context slices, masks (2, S, S) liver/tumor, edge targets (2, S, S)).
 
     Slices come from the box and a few beyond it; tumor slices make up `tumor_slice_fraction` of a tumor
     case's samples, and with probability `synthetic_tumors` tumors are painted into the sample's slab.
@@ -159,7 +166,7 @@ class Stage2Samples(_Samples):
             (max(0, c.liver_box.z0 - extra), min(c.shape[0], c.liver_box.z1 + extra)) for c in cases
         ]
         self.first_slice = np.cumsum([0] + [z1 - z0 for z0, z1 in self.z_ranges])
-        self.tumor_config = SyntheticTumorConfig()
+        self.tumor_config = train_config.synthetic_tumor_config()
 
     def __len__(self) -> int:
         return int(self.first_slice[-1])
@@ -177,30 +184,35 @@ class Stage2Samples(_Samples):
         pad_y0, pad_y1, pad_x0, pad_x1 = rng.integers(low, high + 1, size=4)
         rows = slice(max(0, box.y0 - pad_y0), min(case.shape[1], box.y1 + pad_y1))
         columns = slice(max(0, box.x0 - pad_x0), min(case.shape[2], box.x1 + pad_x1))
-        hu, label = case.ct[z, rows, columns], case.label[z, rows, columns]
+        # Views of the whole case: only the slices stacked below are read.
+        ct, label = case.ct[:, rows, columns], case.label[:, rows, columns]
         if self.config.synthetic_tumors > 0 and rng.random() < self.config.synthetic_tumors:
-            hu, label = self._synthetic(case, z, rows, columns, rng)
-        image = self._hu(hu, rng)
-        masks = np.stack([label >= 1, label == 2]).astype(np.float32)
+            ct, label, z = self._synthetic(case, z, rows, columns, rng)
+        image = self._image(ct, z, rng)  # (K, h, w)
+        masks = np.stack([label[z] >= 1, label[z] == 2]).astype(np.float32)
         size = (self.prep.stage2_size, self.prep.stage2_size)
-        stack = resize(torch.from_numpy(np.concatenate([image[None], masks]))[None], size)[0]  # (3, S, S)
-        image, masks = self._geometry_and_noise(stack[:1], stack[1:], rng)
+        stack = resize(torch.from_numpy(np.concatenate([image, masks]))[None], size)[0]  # (K + 2, S, S)
+        image, masks = self._geometry_and_noise(stack[:-2], stack[-2:], rng)
         masks = (masks > 0.5).float()
-        return image, masks, torch.from_numpy(edge_targets(masks.numpy().astype(bool)))
+        edges = edge_targets(masks.numpy().astype(bool), self.config.edge_target)
+        return image, masks, torch.from_numpy(edges)
 
     def _synthetic(
         self, case: CachedCase, z: int, rows: slice, columns: slice, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The slice with synthetic tumors painted in 3D into a thin slab around it (hence cut by the slice)."""
-        z0, z1 = max(0, z - SYNTHETIC_SLAB_HALF), min(case.shape[0], z + SYNTHETIC_SLAB_HALF + 1)
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """A thin slab around slice z with synthetic tumors painted into it in 3D (hence cut by the slice), and
+        z's index in it. The slab holds every context neighbour, so a tumor runs on through the channels; it
+        is clipped only at the volume's ends, where context_stack repeats the end slice as it does there."""
+        half = max(SYNTHETIC_SLAB_HALF, self.prep.context_slices // 2)
+        z0, z1 = max(0, z - half), min(case.shape[0], z + half + 1)
         ct, label = case.ct[z0:z1, rows, columns], case.label[z0:z1, rows, columns]
         if not (label[z - z0] == 1).any():
-            return ct[z - z0], label[z - z0]
+            return ct, label, z - z0
         try:
             ct, label, _ = insert_tumors_slab(ct, label, case.spacing, rng, self.tumor_config)
-        except UserInputError:  # too little liver (or room) in this slab: keep the real slice
+        except UserInputError:  # too little liver (or room) in this slab: keep the real slices
             pass
-        return ct[z - z0], label[z - z0]
+        return ct, label, z - z0
 
 
 def _round_stride(pixels: float) -> int:

@@ -80,6 +80,10 @@ class SyntheticTumorConfig:
             raise UserInputError(
                 "size_classes_mm and size_class_weights must be non-empty and of equal length"
             )
+        if any(w < 0 for w in self.size_class_weights) or sum(self.size_class_weights) <= 0:
+            raise UserInputError(
+                f"size class weights {self.size_class_weights} must be >= 0 with a positive sum"
+            )
         if any(not 0 < lo <= hi for lo, hi in self.size_classes_mm):
             raise UserInputError(f"tumor diameters {self.size_classes_mm} must be positive (min, max) pairs")
         if not 0 <= self.warp_strength < 0.25:

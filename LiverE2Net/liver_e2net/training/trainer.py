@@ -38,6 +38,7 @@ from .samples import EpochSampler, Stage1Samples, Stage2Samples
 from .schedule import PlateauSchedule
 from .sources import CaseSource, split_cases
 from .validation import validate
+from .validation_tumors import with_synthetic_tumors
 
 log = logging.getLogger("liver_e2net")
 
@@ -134,6 +135,10 @@ class Trainer:
             )
         self.training = [by_name[name] for name in training]
         self.validation = [by_name[name] for name in validation]
+        if self.config.synthetic_tumors > 0 and 2 in self.config.stages:
+            self.validation = with_synthetic_tumors(
+                self.validation, self.config.seed, self.config.synthetic_tumor_config()
+            )
         log.info("training cases: %s; validation cases: %s", ", ".join(training), ", ".join(validation))
         self._initial_weights(state, init)
         self.stage_states: dict[str, dict[str, Any]] = state.get("stages", {})
@@ -228,7 +233,8 @@ class Trainer:
             self._calibrate_batchnorm(network, calibration, epoch)
             self.dist.average_buffers(network)
             result = validate(stage, network, self.validation, self.model_config, config.batch_size,
-                              self.device, self._autocast(), self.dist)  # fmt: skip
+                              self.device, self._autocast(), self.dist, config.edge_target,
+                              config.tumor_pos_weight)  # fmt: skip
             action = schedule.step(result.loss)
             info = {"epoch": epoch + 1, "val_loss": result.loss, "dice": result.dice}
             self.last_info[key] = info
@@ -270,11 +276,14 @@ class Trainer:
     def _step(self, stage: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, batch: list[torch.Tensor]) -> tuple[float, dict]:  # fmt: skip
         image, *targets = (t.to(self.device, non_blocking=True) for t in batch)
-        image = image.contiguous(memory_format=torch.channels_last)  # (B, 1, H, W)
+        image = image.contiguous(memory_format=torch.channels_last)  # (B, K, H, W): K context slices
         autocast = self._autocast()
         with torch.autocast(self.device.type, dtype=autocast) if autocast else nullcontext():
             output = model(image)
-        loss, parts = stage1_loss(output, *targets) if stage == 1 else stage2_loss(output, *targets)
+        if stage == 1:
+            loss, parts = stage1_loss(output, *targets)
+        else:
+            loss, parts = stage2_loss(output, *targets, tumor_pos_weight=self.config.tumor_pos_weight)
         if not torch.isfinite(loss) and not scaler.is_enabled():
             raise UserInputError(f"training diverged (loss {loss.item()}) in stage {stage}; lower --lr")
         optimizer.zero_grad(set_to_none=True)

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..preprocessing import normalize_hu, resize, stage1_size
+from ..models import segmentation_logits
+from ..preprocessing import context_stack, normalize_hu, resize, stage1_size
 from .cache import CachedCase
 from .distributed import Distributed
 from .losses import stage1_loss, stage2_loss
@@ -38,20 +39,27 @@ def dice_from_counts(tp: float, fp: float, fn: float) -> float | None:
 def stage1_batches(
     cases: list[CachedCase], model_config: ModelConfig, batch_size: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(image (B, 1, h, w), liver (B, 1, h, w)) per chunk of this process's slices, one case at a time."""
+    """(image (B, K, h, w) of K context slices, liver (B, 1, h, w)) per chunk of this process's slices, one
+    case at a time."""
     prep = model_config.preprocessing
     for case in cases:
         size = stage1_size(case.shape[1:], (case.spacing[1], case.spacing[0]), prep.stage1_pixel_mm)
         for chunk in _chunks(range(rank, case.shape[0], world_size), batch_size):
-            image = normalize_hu(torch.from_numpy(case.ct[chunk]), prep.hu_window)[:, None]
+            image = _image(case.ct, chunk, model_config)
             liver = torch.from_numpy((case.label[chunk] >= 1).astype(np.float32))[:, None]
             yield resize(image, size), (resize(liver, size) > 0.5).float()
 
 
 def stage2_batches(
-    cases: list[CachedCase], model_config: ModelConfig, batch_size: int, rank: int = 0, world_size: int = 1
+    cases: list[CachedCase],
+    model_config: ModelConfig,
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    edge_target: str = "distance",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(image (B, 1, S, S), masks (B, 2, S, S), edges (B, 2, S, S)) over each case's padded liver box."""
+    """(image (B, K, S, S) of K context slices, masks (B, 2, S, S), edge targets (B, 2, S, S)) over each
+    case's padded liver box."""
     prep = model_config.preprocessing
     size = (prep.stage2_size, prep.stage2_size)
     for case in cases:
@@ -65,11 +73,12 @@ def stage2_batches(
             world_size,
         )
         for chunk in _chunks(z_range, batch_size):
-            image = normalize_hu(torch.from_numpy(case.ct[chunk, rows, columns]), prep.hu_window)[:, None]
+            image = _image(case.ct[:, rows, columns], chunk, model_config)
             label = case.label[chunk, rows, columns]
             masks = torch.from_numpy(np.stack([label >= 1, label == 2], axis=1).astype(np.float32))
             masks = (resize(masks, size) > 0.5).float()
-            edges = torch.from_numpy(np.stack([edge_targets(m) for m in masks.numpy().astype(bool)]))
+            edges = np.stack([edge_targets(m, edge_target) for m in masks.numpy().astype(bool)])
+            edges = torch.from_numpy(edges)
             yield resize(image, size), masks, edges
 
 
@@ -83,14 +92,20 @@ def validate(
     device: torch.device,
     autocast: torch.dtype | None,
     distributed: Distributed,
+    edge_target: str = "distance",
+    tumor_pos_weight: float = 1.0,
 ) -> ValidationResult:
     network.eval()
     channels = 1 if stage == 1 else 2
     sums = torch.zeros(
         2 + 3 * channels, dtype=torch.float64
     )  # loss sum, slice count, (tp, fp, fn) per channel
-    batches = (stage1_batches if stage == 1 else stage2_batches)(
-        cases, model_config, batch_size, distributed.rank, distributed.world_size
+    batches = (
+        stage1_batches(cases, model_config, batch_size, distributed.rank, distributed.world_size)
+        if stage == 1
+        else stage2_batches(
+            cases, model_config, batch_size, distributed.rank, distributed.world_size, edge_target
+        )
     )
     amp = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
     for image, *targets in batches:
@@ -98,8 +113,11 @@ def validate(
         targets = [t.to(device) for t in targets]
         with amp:
             output = network(image)
-        loss, _ = stage1_loss(output, *targets) if stage == 1 else stage2_loss(output, *targets)
-        prediction = (output if stage == 1 else output.s2).float() > 0  # logit > 0 <=> probability > 0.5
+        if stage == 1:
+            loss, _ = stage1_loss(output, *targets)
+        else:
+            loss, _ = stage2_loss(output, *targets, tumor_pos_weight=tumor_pos_weight)
+        prediction = segmentation_logits(output).float() > 0  # logit > 0 <=> probability > 0.5
         reference = targets[0] > 0.5
         counts = [(prediction & reference), (prediction & ~reference), (~prediction & reference)]
         sums[0] += loss.item() * image.shape[0]
@@ -112,6 +130,13 @@ def validate(
         for index, name in enumerate(CHANNELS)
     }
     return ValidationResult(float(sums[0] / max(sums[1].item(), 1)), dice)
+
+
+def _image(volume_zyx: np.ndarray, chunk: list[int], model_config: ModelConfig) -> torch.Tensor:
+    """Slices `chunk` with their context neighbours, normalised as inference does: (B, K, y, x)."""
+    prep = model_config.preprocessing
+    stack = context_stack(volume_zyx, chunk, prep.context_slices)
+    return normalize_hu(torch.from_numpy(stack), prep.hu_window)
 
 
 def _chunks(indices: range, size: int) -> Iterator[list[int]]:

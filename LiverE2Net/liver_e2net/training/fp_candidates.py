@@ -1,0 +1,89 @@
+"""Training data of the tumor false-positive filter: the model's own tumor candidates on labelled cases.
+
+Each case is segmented as it is and as copies with synthetic tumors painted in (Hu et al. 2023), so a few livers
+give many candidates of both kinds. A candidate is a true positive when it belongs to an output/reference
+correspondence with Dice > 0.2 (Chlebus et al. 2018, metrics.chlebus_detection), else a false positive.
+Features are computed on the network frame, as the pipeline computes them on its liver box.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserInputError
+from ..fp_filter import FEATURE_NAMES, candidate_features
+from ..metrics import TUMOR_LABEL, chlebus_detection, label_components
+from ..progress import Reporter, null_reporter
+from .cases import read_case
+from .sources import CaseSource
+from .synthetic_tumors import insert_tumors
+
+log = logging.getLogger("liver_e2net.training")
+
+
+@dataclass
+class CandidateSet:
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, len(FEATURE_NAMES))))  # (n, F)
+    is_true: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # (n,)
+    runs: list[dict] = field(default_factory=list)  # per segmented volume: case, copy, candidates, true
+
+    def add(self, features: np.ndarray, is_true: np.ndarray, **run) -> None:
+        self.features = np.concatenate([self.features, features])
+        self.is_true = np.concatenate([self.is_true, is_true])
+        self.runs.append({**run, "candidates": int(is_true.size), "true": int(is_true.sum())})
+
+
+def labelled_candidates(
+    predicted: np.ndarray,
+    reference: np.ndarray,
+    ct_hu: np.ndarray,
+    tumor_probability: np.ndarray,
+    spacing: Sequence[float],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(features, is_true) of every predicted tumor component; arrays [z, y, x] on one grid, label maps {0,1,2}."""
+    components, count = label_components(predicted == TUMOR_LABEL)
+    features = candidate_features(components, count, ct_hu, tumor_probability, predicted >= 1, spacing)
+    detection = chlebus_detection(predicted == TUMOR_LABEL, reference == TUMOR_LABEL, spacing)
+    hits = {pred for correspondence in detection.hits for pred in correspondence.pred_ids}
+    return features, np.array([i in hits for i in range(1, count + 1)], dtype=bool)
+
+
+def collect_candidates(
+    segmenter,
+    sources: Sequence[CaseSource],
+    synthetic_copies: int,
+    seed: int = 0,
+    progress: Reporter = null_reporter,
+) -> CandidateSet:
+    """Runs `segmenter` (its filter off) on every case and on `synthetic_copies` copies with synthetic tumors."""
+    if segmenter.fp_filter is not None:
+        raise ValueError("collect candidates with the false-positive filter off (Segmenter(fp_filter='off'))")
+    candidates = CandidateSet()
+    total = len(sources) * (1 + synthetic_copies)
+    for index, source in enumerate(sources):
+        volume, reference = read_case(source)
+        rng = np.random.default_rng([seed, index])
+        for copy in range(1 + synthetic_copies):
+            done = index * (1 + synthetic_copies) + copy
+            what = f"{source.name}" + (f" synthetic copy {copy}" if copy else "")
+            progress("candidates", done / total, what)
+            ct, label = volume.array, reference
+            if copy:
+                try:
+                    ct, label, _ = insert_tumors(volume.array, reference, volume.spacing, rng)
+                except UserInputError as error:  # a liver too small or crowded: use the case as it is
+                    log.warning("%s: no synthetic tumors (%s)", source.name, error)
+                    break
+            result = segmenter.segment(dataclasses.replace(volume, array=ct).to_image(), probabilities=True)
+            features, is_true = labelled_candidates(
+                result.label, label, ct, result.probabilities[1], volume.spacing
+            )
+            candidates.add(features, is_true, case=source.name, copy=copy)
+            log.info("%s: %d candidates, %d true positives", what, is_true.size, int(is_true.sum()))
+    progress("candidates", 1.0, f"{candidates.is_true.size} candidates")
+    return candidates

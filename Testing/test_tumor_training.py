@@ -1,0 +1,88 @@
+"""Tumor-specific training options: the weighted tumor BCE, synthetic size weights, synthetic validation tumors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from liver_e2net.cli import main
+from liver_e2net.errors import UserInputError
+from liver_e2net.models import E2NetOutput
+from liver_e2net.training import TrainConfig, TrainingCase
+from liver_e2net.training.cache import prepare_cases
+from liver_e2net.training.losses import stage2_loss
+from liver_e2net.training.validation_tumors import with_synthetic_tumors
+
+
+def _output_missing_the_tumor() -> tuple[E2NetOutput, torch.Tensor, torch.Tensor]:
+    masks = torch.zeros(1, 2, 32, 32)
+    masks[:, 0, 4:28, 4:28] = 1
+    masks[:, 1, 12:16, 12:16] = 1
+    logits = torch.where(masks[:, :1] > 0, 5.0, -5.0).repeat(
+        1, 2, 1, 1
+    )  # liver right, tumor predicted as liver
+    logits[:, 1] = -5.0
+    return E2NetOutput(logits, logits, logits), masks, torch.zeros_like(masks)
+
+
+def test_tumor_pos_weight_raises_the_loss_of_a_missed_tumor_only():
+    output, masks, edges = _output_missing_the_tumor()
+    plain, _ = stage2_loss(output, masks, edges)
+    weighted, parts = stage2_loss(output, masks, edges, tumor_pos_weight=10.0)
+    assert weighted > plain
+    # The missed tumor pixels (16 of 2 x 1024 per head) carry ~5 nats each: 9 x 16 x 5 / 2048 more per head.
+    assert float(weighted - plain) == pytest.approx(2 * 9 * 16 * 5.0067 / 2048, rel=1e-3)
+    output_without_tumor = E2NetOutput(*(torch.where(masks > 0, 5.0, -5.0) for _ in range(3)))
+    perfect_plain, _ = stage2_loss(output_without_tumor, masks, edges)
+    perfect_weighted, _ = stage2_loss(output_without_tumor, masks, edges, tumor_pos_weight=10.0)
+    assert float(perfect_weighted) == pytest.approx(float(perfect_plain), abs=0.01)
+
+
+def _liver_only_case(name: str, seed: int = 0) -> TrainingCase:
+    shape = (24, 96, 96)
+    z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    liver = ((z - 12) / 11) ** 2 + ((y - 48) / 40) ** 2 + ((x - 48) / 40) ** 2 <= 1
+    ct = np.where(liver, 110.0, -1000.0) + np.random.default_rng(seed).normal(0, 5, shape)
+    return TrainingCase(name, ct.astype(np.int16), liver.astype(np.uint8), (1.5, 1.5, 2.0))
+
+
+def test_validation_cases_without_tumors_get_the_same_synthetic_tumors_every_time(tmp_path):
+    cases = prepare_cases([_liver_only_case("a"), _liver_only_case("b", 1)], tmp_path)
+    config = TrainConfig(synthetic_tumors=0.5, synthetic_size_weights=(0, 0, 1, 0)).synthetic_tumor_config()
+    first = with_synthetic_tumors(cases, seed=3, config=config)
+    again = with_synthetic_tumors(cases, seed=3, config=config)
+    for original, painted, repeat in zip(cases, first, again):
+        assert not original.tumor_slices and painted.tumor_slices
+        tumor = painted.label == 2
+        assert tumor.any() and np.array_equal(tumor, repeat.label == 2)
+        assert np.all(original.label[tumor] == 1)  # painted inside the liver
+        assert (np.asarray(original.label) == 2).sum() == 0  # the cached case itself is left untouched
+        assert not np.array_equal(np.asarray(original.ct), painted.ct)
+    # Cases that already hold tumors are kept as they are.
+    assert with_synthetic_tumors(first, seed=4, config=config)[0] is first[0]
+
+
+def test_size_weights_steer_the_synthetic_diameters():
+    large = TrainConfig(synthetic_size_weights=(0, 0, 0, 1)).synthetic_tumor_config()
+    assert large.size_class_weights == (0, 0, 0, 1)
+    with pytest.raises(UserInputError, match="positive sum"):
+        TrainConfig(synthetic_size_weights=(0, 0, 0, 0))
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--tumor-pos-weight", "0"], "--tumor-pos-weight 0.0: must be > 0"),
+        (["--synthetic-size-weights", "1,2"], "give 4 weights"),
+        (["--synthetic-size-weights", "a,b,c,d"], "comma-separated numbers"),
+    ],
+)
+def test_bad_tumor_options_exit_2(tmp_path, capsys, option, message):
+    ct = tmp_path / "ct.nii.gz"
+    try:
+        code = main(["train", "--case", str(ct), str(ct), "-o", str(tmp_path / "run"), *option])
+    except SystemExit as exit:  # argparse's own type errors
+        code = exit.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
