@@ -14,9 +14,11 @@ from typing import Annotated
 import numpy as np
 import slicer
 import vtk
+from LiverE2NetLib.Batch import BatchFormat, BatchJob, BatchSource, dicomStudies, loadCohortTable
+from LiverE2NetLib.BatchPanel import BatchPanel
 from LiverE2NetLib.ChildProcess import BlockingProcess, QtProcess, childEnvironment, pythonExecutable
 from LiverE2NetLib.Job import SegmentationJob
-from LiverE2NetLib.Models import Device, gpuStatus, listModels, userModelFolder
+from LiverE2NetLib.Models import Accuracy, Device, gpuStatus, listModels, userModelFolder
 from LiverE2NetLib.Panel import SegmentationPanel
 from LiverE2NetLib.Segments import (
     SegmentationCancelled,
@@ -25,6 +27,7 @@ from LiverE2NetLib.Segments import (
     measureSegments,
     storedReport,
     storeSegments,
+    writeVolume,
 )
 from LiverE2NetLib.Surfaces import CoordinateSystem, exportStl, openEdgeCount
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
@@ -50,7 +53,8 @@ class LiverE2Net(ScriptedLoadableModule):
         self.parent.helpText = _(
             "Segments the liver and liver tumors of an abdominal CT with a two-stage network (R2UNet, then E2Net "
             "with edge enhancement). The result is an ordinary segmentation: edit it in the Segment Editor, "
-            "update the lesion table from the edited segments and export closed STL surfaces.")
+            "update the lesion table from the edited segments and export closed STL surfaces. The Batch section "
+            "segments a whole folder or DICOM studies into a cohort table.")
         self.parent.acknowledgementText = _(
             "E2Net: Tang Y. et al., E2Net: An Edge Enhanced Network for Accurate Liver and Tumor Segmentation on "
             "CT Scans, MICCAI 2020. Res2Net: Gao S.-H. et al., TPAMI 2021.")
@@ -58,16 +62,22 @@ class LiverE2Net(ScriptedLoadableModule):
 
 @parameterNodeWrapper
 class LiverE2NetParameterNode:
-    """The panel's state, saved with the scene. model: a checkpoint path, "" for the bundled model."""
+    """The panel's state, saved with the scene. model: a checkpoint path, "" for the bundled model (the batch uses
+    the same model, device and tumor option)."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = ""
     device: Device = Device.Auto
+    accuracy: Accuracy = Accuracy.Fast
     segmentTumors: bool = True
     smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showProbabilities: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     stlCoordinates: CoordinateSystem = CoordinateSystem.LPS
+    batchSource: BatchSource = BatchSource.Folder
+    batchInputFolder: str = ""
+    batchOutputFolder: str = ""
+    batchFormat: BatchFormat = BatchFormat.NIfTI
 
 
 class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -76,6 +86,7 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         VTKObservationMixin.__init__(self)
         self.logic = None
         self.panel = None
+        self.batchPanel = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
 
@@ -87,12 +98,16 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = LiverE2NetLogic()
         self.panel = SegmentationPanel(self.ui, self.logic)
+        self.batchPanel = BatchPanel(self.ui, self.logic)
+        # One child at a time: each section greys out its Run button while the other one's child works.
+        self.panel.onStateChanged, self.batchPanel.onStateChanged = self.batchPanel.updateGui, self.panel.updateGui
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.panel.cancel()
+        self.batchPanel.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -105,7 +120,7 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
 
     def onSceneStartClose(self, caller, event) -> None:
-        self.panel.cancel()
+        self.panel.cancel()  # a batch only writes files: it goes on
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -127,6 +142,7 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if parameterNode:
             self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
         self.panel.setParameterNode(parameterNode)
+        self.batchPanel.setParameterNode(parameterNode)
 
 
 class LiverE2NetLogic(ScriptedLoadableModuleLogic):
@@ -143,26 +159,24 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return LiverE2NetParameterNode(super().getParameterNode())
 
-    def segment(self, volumeNode, model=None, device="auto", tumors=True, smoothing=0.5, probabilities=False,
-                outputNode=None, progressCallback=None):
-        """Runs the child and waits: returns the segmentation node (a new one, or `outputNode` replaced)."""
+    def segment(self, volumeNode, model=None, device="auto", accuracy="fast", tumors=True, smoothing=0.5,
+                probabilities=False, outputNode=None, progressCallback=None):
+        """Runs the child and waits: returns the segmentation node (a new one, or `outputNode` replaced).
+        accuracy: "fast", or "best" (test-time fusion, about 6x the time)."""
         self._checkIdle()
-        job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, tumors, smoothing, probabilities,
-                                     outputNode)
-        self._cancelRequested = False
+        job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, accuracy, tumors, smoothing,
+                                     probabilities, outputNode)
         try:
-            result = BlockingProcess().run(job.command, childEnvironment(), progressCallback,
-                                           lambda: self._cancelRequested)
-            return job.finish(result)
+            return job.finish(self._runBlocking(job.command, progressCallback))
         finally:
             job.cleanup()
 
-    def startSegmentation(self, volumeNode, model=None, device="auto", tumors=True, smoothing=0.5,
+    def startSegmentation(self, volumeNode, model=None, device="auto", accuracy="fast", tumors=True, smoothing=0.5,
                           probabilities=False, outputNode=None, onProgress=None, onFinished=None) -> None:
         """Returns at once; `onProgress(record)` follows the child, `onFinished(node, error)` ends the run."""
         self._checkIdle()
-        job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, tumors, smoothing, probabilities,
-                                     outputNode)
+        job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, accuracy, tumors, smoothing,
+                                     probabilities, outputNode)
 
         def finished(result):
             node, error = None, None
@@ -178,18 +192,59 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
             if onFinished:
                 onFinished(node, error)
 
+        self._start(job.command, onProgress, finished)
+
+    def segmentBatch(self, outputFolder, inputFolder=None, studyUids=None, outputFormat="nifti", model=None,
+                     device="auto", tumors=True, progressCallback=None):
+        """`liver-e2net segment-batch` on a folder, or on studies of Slicer's DICOM database (`studyUids`), into
+        `outputFolder` (one folder per case + cohort.csv). Waits; returns a BatchOutcome. A rerun resumes."""
+        self._checkIdle()
+        job = BatchJob.create(self.cliCommand, outputFolder, inputFolder, studyUids, self.dicomDatabase(),
+                              outputFormat, model, device, tumors)
+        return job.finish(self._runBlocking(job.command, progressCallback))
+
+    def startBatch(self, outputFolder, inputFolder=None, studyUids=None, outputFormat="nifti", model=None,
+                   device="auto", tumors=True, onProgress=None, onFinished=None) -> None:
+        """As segmentBatch, but returns at once; `onFinished(outcome, error)` ends the run."""
+        self._checkIdle()
+        job = BatchJob.create(self.cliCommand, outputFolder, inputFolder, studyUids, self.dicomDatabase(),
+                              outputFormat, model, device, tumors)
+
+        def finished(result):
+            outcome, error = None, None
+            try:
+                outcome = job.finish(result)
+            except SegmentationError as failure:
+                error = failure
+            except Exception as failure:  # a bug here must not leave the panel waiting for ever
+                logging.exception("Liver E2Net: reading the cohort table failed")
+                error = SegmentationError(f"Reading the cohort table failed: {failure}")
+            if onFinished:
+                onFinished(outcome, error)
+
+        self._start(job.command, onProgress, finished)
+
+    def _runBlocking(self, command, progressCallback):
+        self._cancelRequested = False
+        return BlockingProcess().run(command, childEnvironment(), progressCallback, lambda: self._cancelRequested)
+
+    def _start(self, command, onProgress, onFinished) -> None:
         self._cancelRequested = False
         self._process = self.processFactory()
-        self._process.start(job.command, childEnvironment(), onProgress, finished)
+        self._process.start(command, childEnvironment(), onProgress, onFinished)
+
+    def isBusy(self) -> bool:
+        """A child (segmentation or batch) started by the panel is running."""
+        return self._process is not None and self._process.isRunning()
 
     def _checkIdle(self) -> None:
         # The last process object stays referenced: dropping it inside its own finished signal would delete the
         # QProcess while Qt is still emitting from it.
-        if self._process is not None and self._process.isRunning():
-            raise SegmentationError("A segmentation is already running: wait for it or cancel it.")
+        if self.isBusy():
+            raise SegmentationError("A segmentation or batch is already running: wait for it or cancel it.")
 
     def cancel(self) -> None:
-        """Kills the child's process tree; the scene stays as it was."""
+        """Kills the child's process tree (segmentation or batch); the scene stays as it was."""
         self._cancelRequested = True
         if self._process:
             self._process.cancel()
@@ -209,6 +264,16 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
 
     def gpuStatus(self) -> tuple:
         return gpuStatus()
+
+    def dicomDatabase(self):
+        return getattr(slicer, "dicomDatabase", None)
+
+    def dicomStudies(self) -> list:
+        return dicomStudies(self.dicomDatabase())
+
+    def loadCohortTable(self, path):
+        """cohort.csv of a batch as a table node (the same node again when it was loaded before)."""
+        return loadCohortTable(path)
 
 
 class LiverE2NetTest(ScriptedLoadableModuleTest):
@@ -306,6 +371,19 @@ class LiverE2NetTest(ScriptedLoadableModuleTest):
                          ["CT segmentation_Liver tumor_LPS.stl", "CT segmentation_Liver_LPS.stl"])
         for path in files:
             self.assertEqual(openEdgeCount(path), 0, f"{path.name} is not a closed surface")
+
+    def test_BatchFolderToCohortTable(self):
+        # Two CTs in a folder -> `liver_e2net segment-batch` -> cohort.csv -> a table node, one row per case.
+        inputs = self.folder / "batch-inputs"
+        inputs.mkdir()
+        for name in ("first", "second"):
+            writeVolume(self.ct, inputs / f"{name}.nrrd")
+        outcome = self.logic.segmentBatch(self.folder / "batch", inputFolder=inputs, model=self._randomModel(),
+                                          device="cpu")
+        self.assertEqual(outcome.counts, {"done": 2})
+        table = self.logic.loadCohortTable(outcome.tablePath)
+        self.assertEqual([table.GetCellText(row, 0) for row in range(table.GetNumberOfRows())], ["first", "second"])
+        self.assertEqual([table.GetCellText(row, 1) for row in range(2)], ["done", "done"])  # the status column
 
     def test_CancelLeavesSceneUnchanged(self):
         before = self._nodeIds()

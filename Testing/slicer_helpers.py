@@ -26,6 +26,15 @@ def isAlive(pid: int, graceSeconds: float = 5.0) -> bool:
         time.sleep(0.05)
 
 
+def isolateSettings(folder: Path, modelFolder: Path) -> None:
+    """Slicer settings (QSettings) in `folder`, the user model folder set: the user's own settings stay out."""
+    from PySide6.QtCore import QSettings
+
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(folder))
+    QSettings().setValue("LiverE2Net/UserModelFolder", str(modelFolder))
+
+
 def waitFor(condition, timeoutSeconds: float = 60.0, onEachLoop=None) -> None:
     """Runs the Qt event loop (which delivers the QProcess signals) until `condition()`; test-side only."""
     from PySide6.QtWidgets import QApplication

@@ -35,7 +35,8 @@ def test_configure_and_ctest_run_the_self_test(tmp_path):
                             capture_output=True, text=True, timeout=900)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "100% tests passed, 0 tests failed out of 1" in tested.stdout
-    for method in ("test_BadInputsGiveClearMessages", "test_CancelLeavesSceneUnchanged", "test_SegmentEditMeasureExport"):
+    for method in ("test_BadInputsGiveClearMessages", "test_BatchFolderToCohortTable", "test_CancelLeavesSceneUnchanged",
+                   "test_SegmentEditMeasureExport"):
         assert f"{method} (LiverE2Net.LiverE2NetTest.{method}) ..." in tested.stdout
     assert "\n1: OK\n" in tested.stdout  # unittest's verdict on all of them
 

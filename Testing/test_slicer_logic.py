@@ -210,11 +210,17 @@ def test_missing_bundled_model_says_how_to_get_one(logic, sampleCt, monkeypatch,
         logic.segment(sampleCt)
 
 
-def test_unknown_device_is_refused(logic, sampleCt, fakeModel):
+def test_unknown_device_or_accuracy_is_refused(logic, sampleCt, fakeModel):
     from liver_e2net.errors import UserInputError
+    from LiverE2NetLib.Models import Accuracy
 
     with pytest.raises(UserInputError, match="Unknown device 'tpu'"):
         logic.segment(sampleCt, model=fakeModel, device="tpu")
+    with pytest.raises(UserInputError, match="Unknown accuracy 'perfect': use fast or best"):
+        logic.segment(sampleCt, model=fakeModel, accuracy="perfect")
+    # The panel's member, the label in any case, or the CLI's --tta value.
+    assert {Accuracy.parse(value) for value in (Accuracy.Best, "best", "Best", "flip+multiscale")} == {Accuracy.Best}
+    assert Accuracy.parse("none") is Accuracy.Fast
 
 
 def stlBounds(path: Path) -> np.ndarray:
@@ -278,7 +284,8 @@ def test_stl_export_of_empty_segments_is_refused(logic, sampleCt, mrmlScene, tmp
 
 def test_parameter_node_survives_a_saved_scene(logic, sampleCt, mrmlScene, tmp_path):
     import slicer
-    from LiverE2NetLib.Models import Device
+    from LiverE2NetLib.Batch import BatchFormat, BatchSource
+    from LiverE2NetLib.Models import Accuracy, Device
     from LiverE2NetLib.Surfaces import CoordinateSystem
     from slicer_standins import newScene
 
@@ -289,7 +296,9 @@ def test_parameter_node_survives_a_saved_scene(logic, sampleCt, mrmlScene, tmp_p
     parameters.inputVolume, parameters.outputSegmentation = sampleCt, segmentationNode
     parameters.model, parameters.device, parameters.smoothing = "/models/mine.pt", Device.GPU, 0.3
     parameters.segmentTumors, parameters.showProbabilities = False, True
-    parameters.stlCoordinates = CoordinateSystem.RAS
+    parameters.stlCoordinates, parameters.accuracy = CoordinateSystem.RAS, Accuracy.Best
+    parameters.batchSource, parameters.batchFormat = BatchSource.DICOM, BatchFormat.DICOMSEG
+    parameters.batchInputFolder, parameters.batchOutputFolder = "/data/in", "/data/cohort"
     mrmlScene.SetURL(str(tmp_path / "scene.mrml"))
     assert mrmlScene.Commit()
 
@@ -301,7 +310,9 @@ def test_parameter_node_survives_a_saved_scene(logic, sampleCt, mrmlScene, tmp_p
     assert restored.inputVolume.GetName() == "CT" and restored.outputSegmentation.GetName() == "result"
     assert (restored.model, restored.device, restored.smoothing) == ("/models/mine.pt", Device.GPU, 0.3)
     assert (restored.segmentTumors, restored.showProbabilities) == (False, True)
-    assert restored.stlCoordinates == CoordinateSystem.RAS
+    assert restored.stlCoordinates == CoordinateSystem.RAS and restored.accuracy == Accuracy.Best
+    assert (restored.batchSource, restored.batchFormat) == (BatchSource.DICOM, BatchFormat.DICOMSEG)
+    assert (restored.batchInputFolder, restored.batchOutputFolder) == ("/data/in", "/data/cohort")
     with pytest.raises(ValueError, match="outside"):
         restored.smoothing = 1.5
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from slicer_helpers import FAKE_CHILD, isAlive, nodeIds, waitFor
+from slicer_helpers import FAKE_CHILD, isAlive, isolateSettings, nodeIds, waitFor
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 UI_FILE = REPOSITORY / "LiverE2Net" / "Resources" / "UI" / "LiverE2Net.ui"
@@ -57,7 +57,7 @@ def test_ui_has_a_stand_in_for_every_class_and_property(mrmlScene, qtApplication
     doctored = UI_FILE.read_text().replace('<widget class="ctkSliderWidget" name="smoothingSliderWidget">',
                                            '<widget class="ctkSliderWidget" name="smoothingSliderWidget">'
                                            '<property name="tracking"><bool>false</bool></property>')
-    (tmp_path / "doctored.ui").write_text(doctored.replace('class="QProgressBar"', 'class="ctkFancyProgressBar"'))
+    (tmp_path / "doctored.ui").write_text(doctored.replace('class="QProgressBar"', 'class="ctkFancyProgressBar"', 1))
     assert uiProblems(tmp_path / "doctored.ui") == ["unknown widget class ctkFancyProgressBar"]
     (tmp_path / "doctored.ui").write_text(doctored)
     assert uiProblems(tmp_path / "doctored.ui") == [
@@ -86,18 +86,15 @@ def panelWidget(mrmlScene, qtApplication, liteModel, tmp_path, monkeypatch):
     file) in isolated settings; the stand-in child in place of `python -m liver_e2net`."""
     import shutil
 
-    from PySide6.QtCore import QSettings
     from slicer_standins import moduleWidget
 
     import LiverE2Net
 
-    QSettings.setDefaultFormat(QSettings.IniFormat)
-    QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
     models = tmp_path / "models"
     models.mkdir()
     shutil.copy(liteModel, models / "mine.pt")
     (models / "broken.pt").write_text("not a checkpoint")
-    QSettings().setValue("LiverE2Net/UserModelFolder", str(models))
+    isolateSettings(tmp_path / "settings", models)
     monkeypatch.setenv("LIVER_E2NET_MODEL", str(liteModel))
     monkeypatch.setenv("FAKE_LIVER_E2NET_PIDS", str(tmp_path / "pids"))
     widget = moduleWidget(LiverE2Net.LiverE2NetWidget)
@@ -147,6 +144,31 @@ def test_button_states_models_and_devices(panelWidget, mrmlScene, liteModel):
     assert parameters.device.value == "cpu"
     slicer.mrmlScene.RemoveNode(ct)
     assert parameters.inputVolume is None and not ui.applyButton.isEnabled()
+
+
+def test_accuracy_choice_goes_to_the_command_line(panelWidget, sampleCt, monkeypatch):
+    from LiverE2NetLib.ChildProcess import QtProcess
+    from LiverE2NetLib.Models import Accuracy
+
+    commands = []
+
+    class RecordingProcess(QtProcess):
+        def start(self, command, *args):
+            commands.append(command)
+            super().start(command, *args)
+
+    ui, parameters = panelWidget.ui, panelWidget.logic.getParameterNode()
+    panelWidget.logic.processFactory = RecordingProcess
+    panelWidget.panel.askReplace = lambda name: "new"
+    assert [ui.accuracySelector.itemText(i) for i in range(ui.accuracySelector.count())] == ["Fast", "Best"]
+    assert "about 6x the time" in ui.accuracySelector.toolTip() and parameters.accuracy == Accuracy.Fast
+    ui.inputSelector.setCurrentNode(sampleCt)
+    run(panelWidget, "ok", monkeypatch)
+    ui.accuracySelector.setCurrentIndex(ui.accuracySelector.findText("Best"))
+    assert parameters.accuracy == Accuracy.Best
+    run(panelWidget, "ok", monkeypatch)
+    assert [command[command.index("--tta") + 1] for command in commands] == ["none", "flip+multiscale"]
+    assert ui.statusLabel.text() == "Done: 'CT segmentation_1' is ready for the Segment Editor."
 
 
 def test_progress_results_lesions_and_stl_export(panelWidget, sampleCt, mrmlScene, monkeypatch, tmp_path):
@@ -325,6 +347,10 @@ def test_a_saved_scene_restores_the_panel(panelWidget, sampleCt, mrmlScene, monk
     run(panelWidget, "ok", monkeypatch)
     ui.modelSelector.setCurrentIndex(ui.modelSelector.findText("mine"))
     ui.deviceSelector.setCurrentIndex(ui.deviceSelector.findText("CPU"))
+    ui.accuracySelector.setCurrentIndex(ui.accuracySelector.findText("Best"))
+    ui.batchSourceSelector.setCurrentIndex(ui.batchSourceSelector.findText("DICOM database studies"))
+    ui.batchOutputFolderLineEdit.setText(str(tmp_path / "cohort"))
+    ui.batchFormatSelector.setCurrentIndex(ui.batchFormatSelector.findText("Slicer segmentation (.seg.nrrd)"))
     ui.segmentTumorsCheckBox.setChecked(False)
     ui.smoothingSliderWidget.setValue(0.3)
     ui.showProbabilitiesCheckBox.setChecked(True)
@@ -340,7 +366,11 @@ def test_a_saved_scene_restores_the_panel(panelWidget, sampleCt, mrmlScene, monk
     restored = moduleWidget(LiverE2Net.LiverE2NetWidget).ui
     assert restored.inputSelector.currentNode().GetName() == "CT"
     assert restored.modelSelector.currentText() == "mine"
-    assert restored.deviceSelector.currentText() == "CPU"
+    assert restored.deviceSelector.currentText() == "CPU" and restored.accuracySelector.currentText() == "Best"
+    assert restored.batchSourceSelector.currentText() == "DICOM database studies"
+    assert restored.batchOutputFolderLineEdit.text() == str(tmp_path / "cohort")
+    assert restored.batchFormatSelector.currentText() == "Slicer segmentation (.seg.nrrd)"
+    assert restored.batchModelSelector.currentText() == "mine"
     assert not restored.segmentTumorsCheckBox.isChecked() and restored.showProbabilitiesCheckBox.isChecked()
     assert restored.smoothingSliderWidget.value == pytest.approx(0.3)
     assert restored.stlCoordinatesSelector.currentText() == "RAS"

@@ -15,8 +15,8 @@ SELF_TESTS = sorted(name for name in dir(LiverE2Net.LiverE2NetTest) if name.star
 
 
 def test_self_test_class_has_the_promised_tests():
-    assert SELF_TESTS == ["test_BadInputsGiveClearMessages", "test_CancelLeavesSceneUnchanged",
-                          "test_SegmentEditMeasureExport"]
+    assert SELF_TESTS == ["test_BadInputsGiveClearMessages", "test_BatchFolderToCohortTable",
+                          "test_CancelLeavesSceneUnchanged", "test_SegmentEditMeasureExport"]
 
 
 @pytest.mark.parametrize("method", SELF_TESTS)

@@ -14,7 +14,7 @@ from liver_e2net.errors import UserInputError
 
 from .ChildProcess import ProcessResult
 from .Inputs import checkDependencies, checkInputVolume, resolveModel
-from .Models import Device
+from .Models import Accuracy, Device
 from .Segments import SegmentationCancelled, SegmentationError, importResult, writeVolume
 
 
@@ -31,8 +31,8 @@ class SegmentationJob:
 
     @classmethod
     def create(cls, cliCommand: list[str], volumeNode, model=None, device: Device | str = Device.Auto,
-               tumors: bool = True, smoothing: float = 0.5, probabilities: bool = False,
-               outputNode=None) -> SegmentationJob:
+               accuracy: Accuracy | str = Accuracy.Fast, tumors: bool = True, smoothing: float = 0.5,
+               probabilities: bool = False, outputNode=None) -> SegmentationJob:
         """Checks everything a user can get wrong, then writes the CT for the child. Raises UserInputError."""
         checkInputVolume(volumeNode)
         checkDependencies()
@@ -40,13 +40,18 @@ class SegmentationJob:
             device = Device(device)
         except ValueError:
             raise UserInputError(f"Unknown device {device!r}: use auto, cpu or cuda.") from None
+        try:
+            accuracy = Accuracy.parse(accuracy)
+        except ValueError:
+            raise UserInputError(f"Unknown accuracy {accuracy!r}: use fast or best.") from None
         if not 0.0 <= smoothing <= 1.0:
             raise UserInputError(f"Surface smoothing {smoothing} is outside 0..1.")
         modelPath = resolveModel(model)
         folder = Path(tempfile.mkdtemp(prefix="LiverE2Net-"))
         job = cls(volumeNode, outputNode, tumors, smoothing, probabilities, folder, [])
         job.command = [*cliCommand, "segment", str(job.inputPath), "-o", str(job.labelPath), "--model", str(modelPath),
-                       "--device", device.value, "--report", str(job.reportPath), "--progress", "jsonl"]
+                       "--device", device.value, "--tta", accuracy.value, "--report", str(job.reportPath),
+                       "--progress", "jsonl"]
         if not tumors:
             job.command.append("--no-tumors")
         if probabilities:

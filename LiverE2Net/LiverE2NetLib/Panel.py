@@ -3,6 +3,7 @@
 A small state machine over the Logic (idle -> running -> [cancelling] -> idle); the child process reports
 through callbacks, so the GUI thread never waits. Dialogs are attributes (`askReplace`, `chooseFolder`) so tests
 can answer them. Written with method calls only (setEnabled, isChecked...), which PythonQt and PySide6 share.
+The model list fills the batch section's model selector too: both follow the one `model` parameter.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from .Segments import (
 
 IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
 APPLY_TEXT = "Segment Liver && Tumors"  # "&&" shows one "&" on a Qt button
-STAGE_LABELS = {"load": "Loading", "stage1": "Finding the liver", "stage2": "Liver and tumors",
-                "postprocess": "Cleaning up", "write": "Writing", "done": "Done", "error": "Failed"}
+STAGE_LABELS = {"load": "Loading", "read": "Reading", "stage1": "Finding the liver", "stage2": "Liver and tumors",
+                "postprocess": "Cleaning up", "write": "Writing", "case": "Finished", "done": "Done",
+                "error": "Failed"}
 ERROR_STYLE = "color: #c62828"
 
 
@@ -52,12 +54,15 @@ class SegmentationPanel(VTKObservationMixin):
         self.state = IDLE
         self.askReplace = askReplaceDialog
         self.chooseFolder = chooseFolderDialog
+        self.onStateChanged = lambda: None  # the widget links the batch section here
         self._parameterNode = None
         self._models = []
         self._lesions = []
         ui.applyButton.clicked.connect(self.onApplyButton)
         ui.refreshModelsButton.clicked.connect(self.refreshModels)
-        ui.modelSelector.currentIndexChanged.connect(self.onModelSelected)
+        self._modelSelectors = (ui.modelSelector, ui.batchModelSelector)
+        for selector in self._modelSelectors:
+            selector.currentIndexChanged.connect(self.onModelSelected)
         ui.updateResultsButton.clicked.connect(self.onUpdateResults)
         ui.exportStlButton.clicked.connect(self.onExportStl)
         ui.lesionTable.cellClicked.connect(self.onLesionClicked)
@@ -89,12 +94,12 @@ class SegmentationPanel(VTKObservationMixin):
             note = "" if self._models else f"No model found: add a .pt file to {self.logic.userModelFolder()}."
         except ImportError as error:
             self._models, note = [], f"PyTorch is missing ({error}): install it with the PyTorch Utils module."
-        selector = self.ui.modelSelector
-        wasBlocked = selector.blockSignals(True)
-        selector.clear()
-        for entry in self._models:
-            selector.addItem(entry.label)
-        selector.blockSignals(wasBlocked)
+        for selector in self._modelSelectors:
+            wasBlocked = selector.blockSignals(True)
+            selector.clear()
+            for entry in self._models:
+                selector.addItem(entry.label)
+            selector.blockSignals(wasBlocked)
         self.ui.modelDescriptionLabel.setText(note)
         self._syncModelSelector()
 
@@ -107,11 +112,12 @@ class SegmentationPanel(VTKObservationMixin):
             return
         values = [self._modelValue(entry) for entry in self._models]
         index = values.index(self._parameterNode.model) if self._parameterNode.model in values else 0
-        wasBlocked = self.ui.modelSelector.blockSignals(True)
-        self.ui.modelSelector.setCurrentIndex(index)
-        self.ui.modelSelector.blockSignals(wasBlocked)
+        for selector in self._modelSelectors:
+            wasBlocked = selector.blockSignals(True)
+            selector.setCurrentIndex(index)
+            selector.blockSignals(wasBlocked)
+            selector.setToolTip(str(self._models[index].path))
         self.ui.modelDescriptionLabel.setText(self._models[index].description)
-        self.ui.modelSelector.setToolTip(str(self._models[index].path))
         if self._parameterNode.model != values[index]:
             self._parameterNode.model = values[index]
 
@@ -133,6 +139,8 @@ class SegmentationPanel(VTKObservationMixin):
             return False, "Select a CT volume first."
         if not self._models:
             return False, "No segmentation model available: see the note under 'Model'."
+        if self.logic.isBusy():
+            return False, "A batch is running: wait for it or cancel it in the Batch section."
         return True, "Segment the liver and liver tumors of the selected CT."
 
     def onApplyButton(self) -> None:
@@ -152,7 +160,7 @@ class SegmentationPanel(VTKObservationMixin):
         try:
             self.logic.startSegmentation(
                 parameters.inputVolume, model=parameters.model or None, device=parameters.device,
-                tumors=parameters.segmentTumors, smoothing=parameters.smoothing,
+                accuracy=parameters.accuracy, tumors=parameters.segmentTumors, smoothing=parameters.smoothing,
                 probabilities=parameters.showProbabilities, outputNode=outputNode,
                 onProgress=self.onProgress, onFinished=self.onFinished)
         except (UserInputError, SegmentationError) as error:
@@ -163,6 +171,7 @@ class SegmentationPanel(VTKObservationMixin):
         self.ui.progressBar.setVisible(True)
         self.showStatus("Starting...")
         self.updateGui()
+        self.onStateChanged()
 
     def onProgress(self, record: dict) -> None:
         self.ui.progressBar.setValue(round(100 * float(record.get("fraction", 0.0))))
@@ -180,6 +189,7 @@ class SegmentationPanel(VTKObservationMixin):
         else:
             self.showStatus(str(error), error=True)
         self.updateGui()
+        self.onStateChanged()
 
     def showStatus(self, text: str, error: bool = False) -> None:
         self.ui.statusLabel.setStyleSheet(ERROR_STYLE if error else "")

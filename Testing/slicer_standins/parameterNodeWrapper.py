@@ -94,9 +94,10 @@ class _Connector:
             self.signal, self.read, self.write = widget.toggled, widget.isChecked, widget.setChecked
         elif className == "QComboBox" and issubclass(datatype, enum.Enum):
             members = list(datatype)
+            label = getattr(datatype, "label", lambda member: member.name)  # as Slicer's: an enum may name its items
             widget.clear()
             for member in members:
-                widget.addItem(member.name)
+                widget.addItem(label(member))
             self.signal = widget.currentIndexChanged
             self.read = lambda: members[widget.currentIndex()]
             self.write = lambda value: widget.setCurrentIndex(members.index(value))

@@ -27,16 +27,33 @@ class qMRMLWidget(QtWidgets.QWidget):
 
 
 class ctkCollapsibleButton(QtWidgets.QGroupBox):
-    """A titled container; `collapsed` hides the contents as CTK's does."""
+    """A titled container; `collapsed` hides the contents as CTK's does: once the widget exists (shown), and
+    expanding shows again only what collapsing hid, so a child the module hid itself stays hidden."""
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self._collapsed = False
+        self._folded = []
 
     def _setCollapsed(self, collapsed: bool) -> None:
         self._collapsed = collapsed
-        for child in self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly):
-            child.setVisible(not collapsed)
+        if self.testAttribute(QtCore.Qt.WA_WState_Created):
+            self._fold()
+
+    def _fold(self) -> None:
+        if self._collapsed:
+            children = self.findChildren(QtWidgets.QWidget, options=QtCore.Qt.FindDirectChildrenOnly)
+            self._folded += [child for child in children if not child.isHidden()]
+            for child in self._folded:
+                child.setVisible(False)
+        else:
+            for child in self._folded:
+                child.setVisible(True)
+            self._folded = []
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._fold()
 
     text = Property(str, QtWidgets.QGroupBox.title, QtWidgets.QGroupBox.setTitle)
     collapsed = Property(bool, lambda self: self._collapsed, _setCollapsed)
