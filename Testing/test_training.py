@@ -349,3 +349,35 @@ def test_sigint_stops_after_the_step_and_resume_is_exact(tmp_path):
         Trainer(
             cases, tmp_path / "other", QUICK, init=whole.best, model_config=lite_config(), device="cpu"
         ).run()
+
+
+def test_stage2_r2unet_baseline_trains_on_the_segmentation_loss_and_is_served(tmp_path):
+    """Table 3's baseline: an R2UNet in stage 2 learns from IoU + BCE on its logits alone (no edge term, the same
+    tumor weighting), validates, and the pipeline serves it."""
+    from liver_e2net.pipeline import Segmenter
+
+    masks = torch.zeros(1, 2, 8, 8)
+    masks[:, 0, 1:7, 1:7], masks[:, 1, 3:5, 3:5] = 1, 1
+    logits, edges = torch.randn(1, 2, 8, 8), torch.rand(1, 2, 8, 8)
+    e2net_total, e2net_parts = stage2_loss(
+        E2NetOutput(logits, logits, logits), masks, edges, tumor_pos_weight=3
+    )
+    total, parts = stage2_loss(logits, masks, edges, tumor_pos_weight=3)
+    assert set(parts) == {"s"} and total.item() == pytest.approx(e2net_parts["s2"].item())
+    assert total.item() == pytest.approx((e2net_total - 4 * e2net_parts["edge"]).item() / 2)
+
+    config = dataclasses.replace(TINY, stage2=dataclasses.replace(TINY.stage2, arch="r2unet"))
+    options = dataclasses.replace(QUICK, stages=(2,), tumor_pos_weight=5.0)
+    result = Trainer([phantom("a"), phantom("b", 1)], tmp_path / "run", options, model_config=config,
+                     device="cpu", cache=tmp_path / "cache").run()  # fmt: skip
+    assert result.exit_code == 0 and 0 <= result.validation_dice["liver"] <= 1
+    (record,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert record["stage"] == "stage2" and set(record["train"]) == {"s"} and np.isfinite(record["val_loss"])
+    checkpoint = load_checkpoint(result.best)
+    assert checkpoint.config.stage2.arch == "r2unet" and "fusion_head.conv.weight" not in checkpoint.stage2
+    checkpoint.stage1["head.conv.bias"] = torch.tensor([4.0])  # find 'liver' everywhere so that stage 2 runs
+    case = phantom("c", 2)
+    image = sitk.GetImageFromArray(case.ct)
+    image.SetSpacing(case.spacing)
+    segmented = Segmenter(checkpoint, device="cpu", threads=1).segment(image, probabilities=True)
+    assert segmented.label.shape == case.ct.shape and segmented.seconds["stage2"] > 0

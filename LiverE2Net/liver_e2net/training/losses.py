@@ -55,7 +55,10 @@ def stage1_loss(logits: torch.Tensor, liver: torch.Tensor) -> tuple[torch.Tensor
 
 
 def stage2_loss(
-    output: E2NetOutput | torch.Tensor, masks: torch.Tensor, edges: torch.Tensor, tumor_pos_weight: float = 1.0
+    output: E2NetOutput | torch.Tensor,
+    masks: torch.Tensor,
+    edges: torch.Tensor,
+    tumor_pos_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """E2Net: l_2nd = IoU+BCE(g_m, s1) + IoU+BCE(g_m, s2) + 4 BCE(g_e, e); masks and edges (B, 2, H, W)
     liver/tumor. An R2UNet in stage 2 (the baseline of the paper's Table 3) has no edge branch: its loss is the
