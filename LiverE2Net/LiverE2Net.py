@@ -195,20 +195,20 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
         self._start(job.command, onProgress, finished)
 
     def segmentBatch(self, outputFolder, inputFolder=None, studyUids=None, outputFormat="nifti", model=None,
-                     device="auto", tumors=True, progressCallback=None):
+                     device="auto", tumors=True, progressCallback=None, accuracy="fast"):
         """`liver-e2net segment-batch` on a folder, or on studies of Slicer's DICOM database (`studyUids`), into
         `outputFolder` (one folder per case + cohort.csv). Waits; returns a BatchOutcome. A rerun resumes."""
         self._checkIdle()
         job = BatchJob.create(self.cliCommand, outputFolder, inputFolder, studyUids, self.dicomDatabase(),
-                              outputFormat, model, device, tumors)
+                              outputFormat, model, device, tumors, accuracy)
         return job.finish(self._runBlocking(job.command, progressCallback))
 
     def startBatch(self, outputFolder, inputFolder=None, studyUids=None, outputFormat="nifti", model=None,
-                   device="auto", tumors=True, onProgress=None, onFinished=None) -> None:
+                   device="auto", tumors=True, onProgress=None, onFinished=None, accuracy="fast") -> None:
         """As segmentBatch, but returns at once; `onFinished(outcome, error)` ends the run."""
         self._checkIdle()
         job = BatchJob.create(self.cliCommand, outputFolder, inputFolder, studyUids, self.dicomDatabase(),
-                              outputFormat, model, device, tumors)
+                              outputFormat, model, device, tumors, accuracy)
 
         def finished(result):
             outcome, error = None, None

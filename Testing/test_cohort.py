@@ -165,6 +165,9 @@ def test_rerun_reuses_checked_cases_and_recomputes_an_altered_one(tmp_path, batc
     assert rows["two"]["status"] == "done" and "1 reused" in stdout
     assert batch(inputs, "-o", out, "--model", model, "--stl")[0] == 0  # new options: both recomputed
     assert {row["reused"] for row in rows_by_case(out / "cohort.csv").values()} == {"no"}
+    assert batch(inputs, "-o", out, "--model", model, "--stl", "--tta", "flip")[0] == 0  # so is another TTA
+    assert {row["reused"] for row in rows_by_case(out / "cohort.csv").values()} == {"no"}
+    assert json.loads((out / "one" / "case.json").read_text())["options"]["tta"] == "flip"
 
 
 def test_resume_after_a_kill_loses_only_the_case_in_flight(tmp_path, model) -> None:

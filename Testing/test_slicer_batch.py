@@ -367,3 +367,16 @@ def test_cancel_from_the_panel_kills_the_child_and_run_batch_again_resumes(batch
     waitFor(lambda: panel.state == "idle", timeoutSeconds=300)
     assert ui.batchStatusLabel.text().startswith("Done: 2 cases done (1 from an earlier run), 0 failed.")
     assert ui.batchOpenTableButton.isEnabled()
+
+
+def test_the_panels_accuracy_reaches_the_batch_command(logic, cases, model, tmp_path):
+    from liver_e2net.errors import UserInputError
+    from LiverE2NetLib.Batch import BatchJob
+
+    best = BatchJob.create(logic.cliCommand, tmp_path / "out", cases, model=model, accuracy="best")
+    assert best.command[best.command.index("--tta") + 1] == "flip+multiscale"
+    fast = BatchJob.create(logic.cliCommand, tmp_path / "out", cases, model=model)
+    assert fast.command[fast.command.index("--tta") + 1] == "none"
+    with pytest.raises(UserInputError, match="accuracy the panel offers"):
+        BatchJob.create(logic.cliCommand, tmp_path / "other", cases, model=model, accuracy="sloppy")
+    assert not (tmp_path / "other").exists()

@@ -24,7 +24,7 @@ from liver_e2net.errors import UserInputError
 
 from .ChildProcess import ProcessResult
 from .Inputs import checkDependencies, resolveModel
-from .Models import Device
+from .Models import Accuracy, Device
 from .Segments import SegmentationCancelled, SegmentationError
 
 COHORT_TABLE = "cohort.csv"  # written by segment-batch into the output folder
@@ -208,13 +208,18 @@ class BatchJob:
         model=None,
         device: Device | str = Device.Auto,
         tumors: bool = True,
+        accuracy: Accuracy | str = Accuracy.Fast,
     ) -> BatchJob:
         """Checks everything a user can get wrong before the child starts. `studyUids` (with `database`) replaces
         `inputFolder`. Raises UserInputError."""
         try:
-            outputFormat, device = BatchFormat(outputFormat), Device(device)
+            outputFormat, device, accuracy = (
+                BatchFormat(outputFormat),
+                Device(device),
+                Accuracy.parse(accuracy),
+            )
         except ValueError as error:
-            raise UserInputError(f"{error}: choose a format and device the panel offers.") from None
+            raise UserInputError(f"{error}: choose a format, device and accuracy the panel offers.") from None
         if studyUids is None:
             inputFolder = checkInputFolder(inputFolder)
         elif not studyUids:
@@ -233,7 +238,8 @@ class BatchJob:
             writeDicomList(database, list(studyUids), output / DICOM_LIST)
             inputs = [str(output / DICOM_LIST)]
         command = [*cliCommand, "segment-batch", *inputs, "-o", str(output), "--format", outputFormat.value]
-        command += ["--model", str(modelPath), "--device", device.value, "--progress", "jsonl"]
+        command += ["--model", str(modelPath), "--device", device.value, "--tta", accuracy.value]
+        command += ["--progress", "jsonl"]
         if not tumors:
             command.append("--no-tumors")
         return cls(output, command)

@@ -113,7 +113,7 @@ class BatchPanel(VTKObservationMixin):
             return False, "A segmentation is running: wait for it or cancel it."
         return True, (
             "Segment every CT of the input into the output folder, one folder per case, and write cohort.csv. "
-            "Uses the model, device and 'Segment tumors' option chosen above. Finished cases are kept: running "
+            "Uses the model, device, accuracy and 'Segment tumors' option chosen above. Finished cases are kept: running "
             "again resumes."
         )
 
@@ -132,6 +132,7 @@ class BatchPanel(VTKObservationMixin):
                 model=parameters.model or None,
                 device=parameters.device,
                 tumors=parameters.segmentTumors,
+                accuracy=parameters.accuracy,
                 onProgress=self.onProgress,
                 onFinished=self.onFinished,
             )

@@ -27,7 +27,9 @@ class CaseWorker:
     ):
         from ..pipeline import Segmenter
 
-        self.segmenter = Segmenter(checkpoint, device=device, threads=threads)
+        self.segmenter = Segmenter(
+            checkpoint, device=device, threads=threads, tta=options.test_time_augmentation()
+        )
         self.options, self.outdir, self.model = options, Path(outdir), model
         self.process = {
             "engine": "ray",

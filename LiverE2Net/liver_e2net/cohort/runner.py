@@ -57,6 +57,7 @@ class BatchOptions:
     probabilities: bool = False
     stl: bool = False
     smoothing: float = 1.0
+    tta: str = "none"  # test-time augmentation mode of `segment --tta`
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in LABEL_FILES]
@@ -66,6 +67,12 @@ class BatchOptions:
             )
         if self.min_lesion_ml < 0 or self.smoothing < 0:
             raise UserInputError("--min-lesion-ml and --smoothing must be >= 0")
+        self.test_time_augmentation()  # refuses an unknown mode
+
+    def test_time_augmentation(self):
+        from ..pipeline import TestTimeAugmentation
+
+        return TestTimeAugmentation.from_mode(self.tta)
 
 
 def model_fingerprint(checkpoint) -> str:

@@ -19,7 +19,7 @@ from ..cohort.sharding import Shard, barrier, gather_to_rank0, process_group, ra
 from ..cohort.table import summary_text, write_table
 from ..errors import UserInputError
 from ..fp_filter import choose_filter
-from ..pipeline import Segmenter
+from ..pipeline import TTA_MODES, Segmenter
 from ..progress import add_progress_argument, make_reporter
 from .segment import add_fp_filter_argument
 
@@ -63,6 +63,12 @@ def register(subparsers) -> None:
         "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
     )
     add_fp_filter_argument(parser)
+    parser.add_argument(
+        "--tta",
+        default="none",
+        choices=TTA_MODES,
+        help="test-time augmentation of stage 2, as for segment (default none; flip+multiscale ~6x slower)",
+    )
     parser.add_argument("--stl", action="store_true", help="also write closed STL surfaces (LPS mm) per case")
     parser.add_argument(
         "--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)"
@@ -105,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
         args.probabilities,
         args.stl,
         args.smoothing,
+        args.tta,
     )
     # The model before the batch folder: a refused model (or --fp-filter on without a filter) writes nothing.
     checkpoint = _checkpoint(args.model, args.fp_filter)
@@ -138,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         segmenter = Segmenter(
-            checkpoint, device=rank_device(args.device, shard), threads=rank_threads(args.threads, shard)
+            checkpoint,
+            device=rank_device(args.device, shard),
+            threads=rank_threads(args.threads, shard),
+            tta=options.test_time_augmentation(),
         )
         with process_group(shard):
             work = plan(discovery.cases, outdir, options, model["fingerprint"])
