@@ -86,3 +86,35 @@ def test_bad_tumor_options_exit_2(tmp_path, capsys, option, message):
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def _closest_tumor_to_the_liver_border_mm(samples, case, count: int) -> float:
+    """Over `count` synthetic slabs: the smallest in-plane distance (mm) from a tumor voxel to non-liver."""
+    from scipy import ndimage
+
+    closest = np.inf
+    rows, columns = slice(0, case.shape[1]), slice(0, case.shape[2])
+    for index in range(count):
+        _, label, _ = samples._synthetic(case, 12, rows, columns, samples.rng(index))
+        for plane in label:
+            if (plane == 2).any():
+                depth = ndimage.distance_transform_edt(plane > 0, sampling=case.spacing[1::-1])
+                closest = min(closest, float(depth[plane == 2].min()))
+    return closest
+
+
+def test_border_probability_lets_synthetic_tumors_reach_the_liver_border(tmp_path):
+    from liver_e2net.config import lite_config
+    from liver_e2net.training.samples import Stage2Samples
+
+    (case,) = prepare_cases([_liver_only_case("a")], tmp_path)
+    inside, anywhere = (
+        Stage2Samples(
+            [case], lite_config(), TrainConfig(synthetic_tumors=1.0, synthetic_border_probability=p)
+        )
+        for p in (0.0, 1.0)
+    )
+    assert _closest_tumor_to_the_liver_border_mm(inside, case, 12) >= 3.0  # the generator's liver margin
+    assert _closest_tumor_to_the_liver_border_mm(anywhere, case, 12) < 3.0
+    with pytest.raises(UserInputError, match="--synthetic-border-probability 2"):
+        TrainConfig(synthetic_border_probability=2)

@@ -24,6 +24,7 @@ CONFIG_OPTIONS = (
     "val_fraction",
     "synthetic_tumors",
     "synthetic_size_weights",
+    "synthetic_border_probability",
     "tumor_pos_weight",
     "stages",
     "seed",
@@ -107,6 +108,12 @@ def register(subparsers) -> None:
         type=_weights,
         metavar="W,W,W,W",
         help="relative frequency of synthetic tumors of 3-5, 5-10, 10-25 and 25-60 mm (default 0.2,0.35,0.3,0.15)",
+    )
+    optimisation.add_argument(
+        "--synthetic-border-probability",
+        type=float,
+        metavar="P",
+        help="share of samples whose synthetic tumors may touch the liver border (default 0: 3 mm inside it)",
     )
     optimisation.add_argument(
         "--tumor-pos-weight",

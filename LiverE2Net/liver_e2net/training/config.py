@@ -58,6 +58,9 @@ class TrainConfig:
     # Weights of the synthetic size classes tiny 3-5, small 5-10, medium 10-25, large 25-60 mm (Hu et al.'s
     # defaults); a short training budget learns the larger ones first.
     synthetic_size_weights: tuple[float, ...] = SyntheticTumorConfig.size_class_weights
+    # Share of samples whose synthetic tumors may reach the liver border (a capsule-touching tumor is common in
+    # real livers; the generator keeps a 3 mm margin otherwise).
+    synthetic_border_probability: float = 0.0
     tumor_pos_weight: float = 1.0  # weight of tumor pixels in the BCE terms; 1 = the paper's loss
     seed: int = 0
     stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
@@ -90,6 +93,10 @@ class TrainConfig:
                 f"--synthetic-tumors {self.synthetic_tumors}: a probability in [0, 1]",
             ),
             (0 <= self.tumor_slice_fraction <= 1, "tumor_slice_fraction must be in [0, 1]"),
+            (
+                0 <= self.synthetic_border_probability <= 1,
+                f"--synthetic-border-probability {self.synthetic_border_probability}: a probability in [0, 1]",
+            ),
             (self.tumor_pos_weight > 0, f"--tumor-pos-weight {self.tumor_pos_weight}: must be > 0"),
             (self.bn_calibration_samples >= 0, "bn_calibration_samples must be >= 0"),
             (

@@ -167,6 +167,7 @@ class Stage2Samples(_Samples):
         ]
         self.first_slice = np.cumsum([0] + [z1 - z0 for z0, z1 in self.z_ranges])
         self.tumor_config = train_config.synthetic_tumor_config()
+        self.border_tumor_config = dataclasses.replace(self.tumor_config, allow_border=True)
 
     def __len__(self) -> int:
         return int(self.first_slice[-1])
@@ -209,7 +210,9 @@ class Stage2Samples(_Samples):
         if not (label[z - z0] == 1).any():
             return ct, label, z - z0
         try:
-            ct, label, _ = insert_tumors_slab(ct, label, case.spacing, rng, self.tumor_config)
+            border = rng.random() < self.config.synthetic_border_probability
+            config = self.border_tumor_config if border else self.tumor_config
+            ct, label, _ = insert_tumors_slab(ct, label, case.spacing, rng, config)
         except UserInputError:  # too little liver (or room) in this slab: keep the real slices
             pass
         return ct, label, z - z0
