@@ -70,6 +70,7 @@ class LiverE2NetParameterNode:
     device: Device = Device.Auto
     accuracy: Accuracy = Accuracy.Fast
     segmentTumors: bool = True
+    removeFalsePositives: bool = True  # the model's false-positive filter, where it has one
     smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     showProbabilities: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
@@ -160,23 +161,24 @@ class LiverE2NetLogic(ScriptedLoadableModuleLogic):
         return LiverE2NetParameterNode(super().getParameterNode())
 
     def segment(self, volumeNode, model=None, device="auto", accuracy="fast", tumors=True, smoothing=0.5,
-                probabilities=False, outputNode=None, progressCallback=None):
+                probabilities=False, outputNode=None, progressCallback=None, removeFalsePositives=True):
         """Runs the child and waits: returns the segmentation node (a new one, or `outputNode` replaced).
         accuracy: "fast", or "best" (test-time fusion, about 6x the time)."""
         self._checkIdle()
         job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, accuracy, tumors, smoothing,
-                                     probabilities, outputNode)
+                                     probabilities, outputNode, removeFalsePositives)
         try:
             return job.finish(self._runBlocking(job.command, progressCallback))
         finally:
             job.cleanup()
 
     def startSegmentation(self, volumeNode, model=None, device="auto", accuracy="fast", tumors=True, smoothing=0.5,
-                          probabilities=False, outputNode=None, onProgress=None, onFinished=None) -> None:
+                          probabilities=False, outputNode=None, onProgress=None, onFinished=None,
+                          removeFalsePositives=True) -> None:
         """Returns at once; `onProgress(record)` follows the child, `onFinished(node, error)` ends the run."""
         self._checkIdle()
         job = SegmentationJob.create(self.cliCommand, volumeNode, model, device, accuracy, tumors, smoothing,
-                                     probabilities, outputNode)
+                                     probabilities, outputNode, removeFalsePositives)
 
         def finished(result):
             node, error = None, None

@@ -169,6 +169,11 @@ def test_accuracy_choice_goes_to_the_command_line(panelWidget, sampleCt, monkeyp
     run(panelWidget, "ok", monkeypatch)
     assert [command[command.index("--tta") + 1] for command in commands] == ["none", "flip+multiscale"]
     assert ui.statusLabel.text() == "Done: 'CT segmentation_1' is ready for the Segment Editor."
+    assert parameters.removeFalsePositives and ui.removeFalsePositivesCheckBox.isChecked()
+    ui.removeFalsePositivesCheckBox.setChecked(False)
+    assert not parameters.removeFalsePositives
+    run(panelWidget, "ok", monkeypatch)
+    assert [command[command.index("--fp-filter") + 1] for command in commands] == ["auto", "auto", "off"]  # the filter, if the model has one
 
 
 def test_progress_results_lesions_and_stl_export(panelWidget, sampleCt, mrmlScene, monkeypatch, tmp_path):

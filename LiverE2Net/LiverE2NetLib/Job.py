@@ -32,7 +32,7 @@ class SegmentationJob:
     @classmethod
     def create(cls, cliCommand: list[str], volumeNode, model=None, device: Device | str = Device.Auto,
                accuracy: Accuracy | str = Accuracy.Fast, tumors: bool = True, smoothing: float = 0.5,
-               probabilities: bool = False, outputNode=None) -> SegmentationJob:
+               probabilities: bool = False, outputNode=None, removeFalsePositives: bool = True) -> SegmentationJob:
         """Checks everything a user can get wrong, then writes the CT for the child. Raises UserInputError."""
         checkInputVolume(volumeNode)
         checkDependencies()
@@ -51,7 +51,7 @@ class SegmentationJob:
         job = cls(volumeNode, outputNode, tumors, smoothing, probabilities, folder, [])
         job.command = [*cliCommand, "segment", str(job.inputPath), "-o", str(job.labelPath), "--model", str(modelPath),
                        "--device", device.value, "--tta", accuracy.value, "--report", str(job.reportPath),
-                       "--progress", "jsonl"]
+                       "--fp-filter", "auto" if removeFalsePositives else "off", "--progress", "jsonl"]
         if not tumors:
             job.command.append("--no-tumors")
         if probabilities:

@@ -162,7 +162,8 @@ class SegmentationPanel(VTKObservationMixin):
                 parameters.inputVolume, model=parameters.model or None, device=parameters.device,
                 accuracy=parameters.accuracy, tumors=parameters.segmentTumors, smoothing=parameters.smoothing,
                 probabilities=parameters.showProbabilities, outputNode=outputNode,
-                onProgress=self.onProgress, onFinished=self.onFinished)
+                onProgress=self.onProgress, onFinished=self.onFinished,
+                removeFalsePositives=parameters.removeFalsePositives)
         except (UserInputError, SegmentationError) as error:
             self.showStatus(str(error), error=True)
             return

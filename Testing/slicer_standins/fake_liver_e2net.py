@@ -65,6 +65,7 @@ def main():
     parser.add_argument("--model")
     parser.add_argument("--device")
     parser.add_argument("--tta", choices=["none", "flip", "multiscale", "flip+multiscale"])
+    parser.add_argument("--fp-filter", choices=["auto", "on", "off"])
     parser.add_argument("--report")
     parser.add_argument("--progress")
     parser.add_argument("--no-tumors", dest="tumors", action="store_false")
