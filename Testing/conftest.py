@@ -5,9 +5,15 @@ stand-ins installed), `sampleCt` (the bundled real CT in that scene), `qtApplica
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# A test run started as a shell's background job inherits an ignored SIGINT, and so would every child it starts:
+# the Stop buttons' SIGINT would never reach them. Tests run as Slicer does: with SIGINT handled.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 SAMPLE_CT = Path(__file__).resolve().parents[1] / "Resources" / "SampleData" / "totalseg_example_ct.nii.gz"
 
