@@ -55,3 +55,27 @@ def test_export_refuses_stages_of_different_configs(tmp_path, capsys) -> None:
     )
     assert "different model configs" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_held_out_figures_replace_validation_dice_in_the_description(tmp_path, capsys) -> None:
+    """What `info` and the panel show is the real held-out CT's accuracy, never synthetic validation Dice."""
+    import json
+
+    run = save_checkpoint(
+        random_checkpoint(lite_config(), validation_dice={"liver": 0.95, "tumor": 0.77}), tmp_path / "run.pt"
+    )
+    scores = {"case": "case01", "liver_dice": 0.9512, "tumor_dice": 0.6123, "ref_lesions": 2, "chlebus_tp": 2,
+              "chlebus_fp_per_case": 1.0, "liver_assd_mm": 1.2}
+    (tmp_path / "evaluation.json").write_text(json.dumps({"cases": [{"scores": scores}]}))
+    assert load_checkpoint(run).describe().count("no held-out real-CT accuracy") == 1
+    out = tmp_path / "m.pt"
+    args = ["export-model", "--stage1", str(run), "-o", str(out), "--held-out", str(tmp_path / "evaluation.json")]
+    assert main(args) == 0
+    description = load_checkpoint(out).describe()
+    assert "held-out case01: liver Dice 0.951, tumor Dice 0.612, 2/2 lesions, 1 false" in description
+    assert "val Dice" not in description and "0.77" not in description
+    (tmp_path / "bad.json").write_text("{}")
+    refused = ["export-model", "--stage1", str(run), "-o", str(tmp_path / "n.pt"), "--held-out", str(tmp_path / "bad.json")]
+    assert main(refused) == 2
+    assert "bad.json: not an evaluation.json" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists()

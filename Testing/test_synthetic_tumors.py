@@ -172,7 +172,7 @@ def test_same_seed_same_arrays_different_seed_different():
 @pytest.mark.parametrize(("kind", "contrast"), [("hypodense", -50.0), ("hyperdense", 30.0)])
 def test_tumor_differs_from_surrounding_liver_by_requested_contrast(kind, contrast):
     ct, label = make_phantom(vessels=False, real_tumor=False)
-    weights = (1.0, 0.0, 0.0) if kind == "hypodense" else (0.0, 1.0, 0.0)
+    weights = (1.0, 0, 0, 0, 0, 0, 0) if kind == "hypodense" else (0, 1.0, 0, 0, 0, 0, 0)
     config = replace(
         sphere_config(20.0),
         kind_weights=weights,
@@ -241,3 +241,62 @@ def test_preview_writes_png_and_rejects_unwritable_output(tmp_path, monkeypatch)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     unwritable = tmp_path / "missing" / "preview.png"
     assert run_cli(["synth-preview", *inputs, "-o", str(unwritable)], monkeypatch) == 2
+
+
+def _one_kind(kind: str) -> SyntheticTumorConfig:
+    from liver_e2net.training.synthetic_tumors import TUMOR_KINDS
+
+    return replace(sphere_config(24.0), kind_weights=tuple(float(k == kind) for k in TUMOR_KINDS))
+
+
+def _inside_and_edge(label, new_label):
+    synthetic = new_tumor(label, new_label)
+    depth = ndimage.distance_transform_edt(synthetic, sampling=spacing_zyx())
+    return synthetic, depth
+
+
+@pytest.mark.parametrize("kind", ["rim", "capsule", "isodense"])
+def test_enhancing_rim_or_capsule_is_brighter_than_the_tumor_centre(kind):
+    ct, label = make_phantom(vessels=False, real_tumor=False)
+    config = replace(_one_kind(kind), rim_hu=(35.0, 35.0), hypodense_hu=(-40.0, -40.0), isodense_hu=(-10.0, -10.0))
+    new_ct, new_label, records = insert_tumors(ct, label, SPACING, np.random.default_rng(1), config)
+    assert records[0].kind == kind
+    synthetic, depth = _inside_and_edge(label, new_label)
+    rim, centre = new_ct[synthetic & (depth <= 1.0)].mean(), new_ct[depth > 6.0].mean()
+    assert rim > centre + 15, (rim, centre)
+    liver = np.median(ct[label == 1])
+    expected_centre = -10.0 if kind == "isodense" else -40.0
+    assert abs(centre - liver - expected_centre) < 8, centre - liver
+
+
+def test_necrotic_centre_is_darker_than_its_viable_wall():
+    ct, label = make_phantom(vessels=False, real_tumor=False)
+    config = replace(_one_kind("necrotic"), hypodense_hu=(-25.0, -25.0), necrosis_hu=(-90.0, -90.0))
+    new_ct, new_label, _ = insert_tumors(ct, label, SPACING, np.random.default_rng(2), config)
+    _, depth = _inside_and_edge(label, new_label)
+    liver = np.median(ct[label == 1])
+    wall, centre = new_ct[(depth > 0) & (depth <= 2.0)].mean() - liver, new_ct[depth > 8.0].mean() - liver
+    assert centre < -70 and -50 < wall < -10, (wall, centre)
+
+
+def test_calcified_tumor_has_bright_specks_inside_only():
+    ct, label = make_phantom(vessels=False, real_tumor=False)
+    config = replace(_one_kind("calcified"), calcification_hu=(300.0, 300.0))
+    new_ct, new_label, _ = insert_tumors(ct, label, SPACING, np.random.default_rng(4), config)
+    synthetic, _ = _inside_and_edge(label, new_label)
+    liver = np.median(ct[label == 1])
+    bright = new_ct > liver + 100
+    assert bright[synthetic].sum() >= 3  # specks inside the tumor
+    assert not (bright & ~synthetic & (label == 1)).any()  # none outside it
+
+
+def test_tumor_count_runs_from_one_to_the_cap_with_one_most_often():
+    from liver_e2net.training.synthetic_tumors import _draw_count
+
+    config = SyntheticTumorConfig()
+    counts = [_draw_count(np.random.default_rng(seed), config) for seed in range(2000)]
+    assert min(counts) == 1 and max(counts) <= 10 and max(counts) >= 5
+    assert counts.count(1) > counts.count(2) > counts.count(3)
+    assert max(c[1] for c in SyntheticTumorConfig().size_classes_mm) == 80.0
+    with pytest.raises(UserInputError, match="kind_weights"):
+        SyntheticTumorConfig(kind_weights=(1.0, 0.0, 0.0))

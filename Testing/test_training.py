@@ -382,3 +382,32 @@ def test_stage2_r2unet_baseline_trains_on_the_segmentation_loss_and_is_served(tm
     image.SetSpacing(case.spacing)
     segmented = Segmenter(checkpoint, device="cpu", threads=1).segment(image, probabilities=True)
     assert segmented.label.shape == case.ct.shape and segmented.seconds["stage2"] > 0
+
+
+def test_a_bad_case_is_left_out_by_name_and_the_run_goes_on(tmp_path, caplog):
+    """No liver, labels outside 0/1/2, a label on another grid: each named with its reason; the rest train."""
+    good = [phantom("a"), phantom("b", 1)]
+    no_liver = dataclasses.replace(phantom("c", 2), label=np.zeros((6, 64, 64), np.uint8))
+    wrong_values = phantom("d", 3)
+    wrong_values.label[wrong_values.label == 1] = 7
+    options = dict(model_config=TINY, device="cpu", cache=tmp_path / "cache")
+    with caplog.at_level(logging.WARNING, logger="liver_e2net.training"):
+        result = Trainer([*good, no_liver, wrong_values], tmp_path / "run", QUICK, **options).run()
+    assert result.exit_code == 0, result.message
+    warnings = caplog.text
+    assert "left out case c" in warnings and "has no liver" in warnings
+    assert "left out case d" in warnings and "label values 7" in warnings
+    assert load_checkpoint(tmp_path / "run" / "last.pt").metadata["training_cases"] == ["a"]
+    with pytest.raises(UserInputError, match="too few usable cases .1 of 2.: c: .*has no liver"):
+        Trainer([good[0], no_liver], tmp_path / "run2", QUICK, **options).run()
+
+
+def test_a_state_from_another_torch_version_is_refused_with_the_way_on(real_run, tmp_path):
+    run, _ = real_run
+    state = read_state(run)
+    copy = tmp_path / "old"
+    copy.mkdir()
+    torch.save({**state, "torch_version": "1.13.1+cu117"}, copy / "trainer_state.pt")
+    with pytest.raises(UserInputError, match=r"torch 1.13.1\+cu117.*--init .*last.pt -o NEW_FOLDER"):
+        read_state(copy)
+    assert read_state(run)["torch_version"] == str(torch.__version__)

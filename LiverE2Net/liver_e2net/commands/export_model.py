@@ -7,8 +7,12 @@ the model config, which is checked.
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from ..errors import UserInputError
+
+HELD_OUT_SCORES = ("liver_dice", "tumor_dice", "ref_lesions", "chlebus_tp", "chlebus_fp_per_case")
 
 
 def register(subparsers) -> None:
@@ -21,6 +25,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.pt")
     parser.add_argument("--name", help="model name shown in model selectors")
+    parser.add_argument(
+        "--held-out",
+        action="append",
+        default=[],
+        metavar="EVALUATION.json",
+        help="`liver-e2net evaluate` output on real CTs this model never saw (repeatable): their liver and "
+        "tumor Dice, lesions found and false lesions become the figures `info` and the panel show",
+    )
     parser.add_argument(
         "--full-precision", action="store_true", help="keep fp32 weights (default: fp16, half size)"
     )
@@ -45,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
         metadata["epochs"] = f"{first.metadata['epochs']} + {second.metadata['epochs']}"  # stage 1 + stage 2
     if args.name:
         metadata["name"] = args.name
+    held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
+    if held_out:
+        metadata["held_out"] = held_out
     # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.
     combined = Checkpoint(
         first.config, first.stage1, second.stage2, metadata, first.labels, fp_filter=second.fp_filter
@@ -52,3 +67,14 @@ def run(args: argparse.Namespace) -> int:
     path = save_checkpoint(combined, args.output, half=not args.full_precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {load_checkpoint(path).describe()}")
     return 0
+
+
+def held_out_rows(path: Path) -> list[dict]:
+    """The per-case scores of an evaluation.json that describe a model to its users."""
+    try:
+        cases = json.loads(path.read_text())["cases"]
+        return [{key: case["scores"][key] for key in ("case", *HELD_OUT_SCORES)} for case in cases]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserInputError(
+            f"--held-out {path}: not an evaluation.json written by `liver-e2net evaluate` ({error})"
+        ) from None

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
-from ..training.synthetic_tumors import SyntheticTumorConfig, TumorRecord, insert_tumors
+from ..extras import require
+from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig, TumorRecord, insert_tumors
 
 HU_WINDOW = (-100.0, 240.0)
 CROP_MARGIN = 15  # voxels around the liver kept in the preview, so small tumors stay visible
@@ -27,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--count", type=int, default=None, help="number of tumors (default: 1-3 at random)")
+    parser.add_argument(
+        "--kind", choices=TUMOR_KINDS, help="draw only this kind of tumor (default: the training mix)"
+    )
     parser.add_argument("--slices", type=int, default=3, help="axial slices shown, one per row (default 3)")
     parser.set_defaults(func=run)
 
@@ -40,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     config = SyntheticTumorConfig()
     if args.count is not None:
         config = replace(config, count_range=(args.count, args.count))
+    if args.kind:
+        config = replace(config, kind_weights=tuple(float(kind == args.kind) for kind in TUMOR_KINDS))
     new_ct, new_label, records = insert_tumors(
         ct, label.astype(np.uint8), spacing, np.random.default_rng(args.seed), config
     )
@@ -91,9 +97,7 @@ def _pick_slices(records: list[TumorRecord], synthetic: np.ndarray, count: int) 
 
 def _save_grid(path: Path, before: np.ndarray, after: np.ndarray, label: np.ndarray, rows: list[int]) -> None:
     """Rows: slices; columns: before, after, after with liver (green) and tumor (red) contours."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", "the synthetic-tumor preview").use("Agg")
     import matplotlib.pyplot as plt
 
     crop = _liver_crop(label)

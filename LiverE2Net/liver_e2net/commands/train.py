@@ -123,6 +123,12 @@ def register(subparsers) -> None:
         "cross-entropy of H-DenseUNet and Chlebus et al. against the tumor/background imbalance)",
     )
     optimisation.add_argument(
+        "--acquisition-augmentation",
+        choices=["on", "off"],
+        help="simulate the acquisitions the training CTs lack: arterial/delayed/unenhanced phases, 2-5 mm "
+        "slices, truncated fields of view, sharp kernels (default on for a new run; a resumed run keeps its own)",
+    )
+    optimisation.add_argument(
         "--bn-calibration-samples",
         type=int,
         metavar="N",
@@ -142,7 +148,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..devices import available_cores, configure_threads
     from ..training import CasePaths, TrainConfig, discover, read_state, train
-    from ..training.config import DEFAULT_LR
+    from ..training.config import ACQUISITION_AUGMENTATION, DEFAULT_LR, AugmentConfig
     from ..training.sources import pair_name
 
     if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
@@ -160,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = TrainConfig(model=args.config or "lite")
     config = dataclasses.replace(base, **overrides)
+    if args.acquisition_augmentation == "on" or (args.acquisition_augmentation is None and not args.resume):
+        config = dataclasses.replace(config, augment=ACQUISITION_AUGMENTATION)
+    elif args.acquisition_augmentation == "off":
+        config = dataclasses.replace(config, augment=AugmentConfig())
     configure_threads(
         args.threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     )

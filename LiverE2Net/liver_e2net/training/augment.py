@@ -61,4 +61,88 @@ def noise_and_blur(image: torch.Tensor, rng: np.random.Generator, config: Augmen
         array = ndimage.gaussian_filter(array, (0, sigma, sigma))
     if rng.random() < config.noise_probability:
         array = array + rng.standard_normal(array.shape, dtype=np.float32) * np.float32(config.noise_std)
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    image = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    if rng.random() < config.sharpen_probability:
+        image = sharpen(image, rng, config)
+    return image
+
+
+# Contrast phases as parenchyma / intra-hepatic vessel / tumor attenuation (HU). Portal-venous is what the
+# training CTs show, so it is "leave as is". Ranges from the liver CT literature: arterial parenchyma 50-75 HU
+# with unenhanced portal/hepatic veins; equilibrium (delayed) 70-100 HU with vessels close to the parenchyma;
+# unenhanced 45-65 HU with blood at 35-50 HU. Tumors: metastases stay hypo-attenuating in every phase; HCC is
+# hyper-attenuating in the arterial phase and washes out (hypo) later (LI-RADS v2018).
+PHASES = ("portal", "arterial", "delayed", "unenhanced")
+_LIVER_HU = {"arterial": (50.0, 75.0), "delayed": (70.0, 100.0), "unenhanced": (45.0, 65.0)}
+_VESSEL_OFFSET_HU = {"arterial": (-10.0, 10.0), "delayed": (0.0, 25.0), "unenhanced": (-20.0, -5.0)}
+_TUMOR_OFFSET_HU = {"arterial": ((20.0, 60.0), (-50.0, -10.0)), "delayed": ((-40.0, -10.0),) * 2,
+                    "unenhanced": ((-25.0, -5.0),) * 2}
+VESSEL_MARGIN_HU = 25.0  # voxels this much brighter than the parenchyma median (and < 400 HU) are vessels
+
+
+def simulate_phase(hu: np.ndarray, label: np.ndarray, phase: str, rng: np.random.Generator) -> np.ndarray:
+    """(K, y, x) HU with its label (0/1/2) -> float32 HU as if acquired in `phase`.
+
+    The liver, its vessels and its tumors each move to the phase's attenuation: a per-voxel HU change, blurred
+    in-plane by 0.7 pixel so that the label's outline does not become a step the network could learn.
+    """
+    hu = hu.astype(np.float32)
+    liver = label == 1
+    if phase == "portal" or liver.sum() < 50:
+        return hu
+    median = float(np.median(hu[liver]))
+    target = rng.uniform(*_LIVER_HU[phase])
+    vessels = (label >= 1) & (hu > median + VESSEL_MARGIN_HU) & (hu < 400)
+    tumor = label == 2
+    change = np.zeros_like(hu)
+    change[liver & ~vessels] = target - median
+    if vessels.any():  # their level moves to the phase's, keeping a little of their own texture
+        level = target + rng.uniform(*_VESSEL_OFFSET_HU[phase])
+        change[vessels] = level + (hu[vessels] - hu[vessels].mean()) * 0.3 - hu[vessels]
+    if tumor.any():
+        hyper, hypo = _TUMOR_OFFSET_HU[phase]
+        level = target + rng.uniform(*(hyper if rng.random() < 0.5 else hypo))
+        inside = tumor & ~vessels
+        change[inside] = level + (hu[inside] - float(np.median(hu[inside]))) * 0.7 - hu[inside]
+    return hu + ndimage.gaussian_filter(change, (0, 0.7, 0.7))
+
+
+def thick_slice_stack(volume_zyx: np.ndarray, z: int, context_slices: int, spacing_z: float,
+                      thickness_mm: float) -> np.ndarray:
+    """Slice z of a [z, y, x] volume as a `thickness_mm` reconstruction would show it -> (K, y, x) float32.
+
+    Each output slice is the mean of the native slices it covers (partial-volume averaging); context neighbours
+    lie one thickness away, as the neighbouring slices of a thick-slice series do. At the volume's ends the end
+    slice repeats, as `context_stack` does.
+    """
+    depth = volume_zyx.shape[0]
+    step = max(1, int(round(thickness_mm / spacing_z)))
+    half = context_slices // 2
+    slices = []
+    for k in range(-half, half + 1):
+        centre = z + k * step
+        lo, hi = centre - step // 2, centre - step // 2 + step
+        rows = np.clip(np.arange(lo, hi), 0, depth - 1)
+        slices.append(volume_zyx[rows].astype(np.float32).mean(axis=0))
+    return np.stack(slices)
+
+
+def limit_field_of_view(hu: np.ndarray, rng: np.random.Generator, padding_values=(-1024.0, -2048.0, -3024.0)
+                        ) -> np.ndarray:
+    """(K, y, x) HU -> the same inside a random reconstruction circle (radius 40-60 % of the slice, centre
+    shifted up to 10 %), scanner padding outside: truncated bodies and the -1024/-2048/-3024 fills of vendors
+    (all below the HU window, so after windowing padding reads as air whichever the vendor)."""
+    _, height, width = hu.shape
+    radius = rng.uniform(0.40, 0.60) * max(height, width)
+    cy, cx = (height / 2, width / 2) + rng.uniform(-0.1, 0.1, 2) * (height, width)
+    yy, xx = np.ogrid[:height, :width]
+    outside = (yy - cy) ** 2 + (xx - cx) ** 2 > radius**2
+    return np.where(outside[None], np.float32(rng.choice(padding_values)), hu.astype(np.float32))
+
+
+def sharpen(image: torch.Tensor, rng: np.random.Generator, config: AugmentConfig) -> torch.Tensor:
+    """A sharp (bone/lung-like) reconstruction kernel: unsharp masking of (K, H, W), same kernel for all K."""
+    array = image.numpy()
+    amount = np.float32(rng.uniform(*config.sharpen_amount))
+    blurred = ndimage.gaussian_filter(array, (0, 1.0, 1.0))
+    return torch.from_numpy(np.ascontiguousarray(array + amount * (array - blurred), dtype=np.float32))

@@ -59,6 +59,25 @@ class CachedCase:
         return {**self.__dict__, "_arrays": {}}
 
 
+def prepare_usable_cases(
+    sources: list[CaseSource], folder: str | Path
+) -> tuple[list[CachedCase], dict[str, str]]:
+    """Cached cases for the sources that pass their checks, and {case name: why it was left out} for the others.
+
+    One bad case (no liver, labels outside 0/1/2, CT and label on different grids, values that are not HU)
+    should not cost a long run its other cases: it is named with its reason, and training goes on without it.
+    """
+    cases, skipped = [], {}
+    for source in sources:
+        try:
+            cases += prepare_cases([source], folder)
+        except UserInputError as error:
+            if "cache folder" in str(error):  # the cache itself, not the case: nothing else will work either
+                raise
+            skipped[source.name] = str(error)
+    return cases, skipped
+
+
 def prepare_cases(sources: list[CaseSource], folder: str | Path, build: bool = True) -> list[CachedCase]:
     """Cached cases for `sources`, reading and checking those not cached yet (only when `build`)."""
     folder = Path(folder)

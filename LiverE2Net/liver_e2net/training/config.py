@@ -33,10 +33,20 @@ class AugmentConfig:
     noise_probability: float = 0.5
     noise_std: float = 0.03  # in the normalised [-1, 1] units: 0.03 is ~5 HU for the default window
     blur_probability: float = 0.2
-    blur_sigma: tuple[float, float] = (
-        0.3,
-        1.0,
-    )  # pixels at network resolution (softer reconstruction kernels)
+    blur_sigma: tuple[float, float] = (0.3, 1.0)  # pixels at network resolution (softer kernels)
+    sharpen_probability: float = 0.0  # unsharp masking (sharper kernels)
+    sharpen_amount: tuple[float, float] = (0.3, 1.0)
+    # Acquisition the training CTs lack (0 keeps the behaviour of runs made before these existed):
+    phase_probability: float = 0.0  # share of samples moved to an arterial/delayed/unenhanced look
+    thick_slice_probability: float = 0.0  # share of samples rebuilt as thick-slice reconstructions
+    thick_slice_mm: tuple[float, float] = (2.0, 5.0)
+    fov_probability: float = 0.0  # share of samples cut to a reconstruction circle with scanner padding
+
+
+# What `train` uses for a new run: every sample may look like another hospital's CT.
+ACQUISITION_AUGMENTATION = AugmentConfig(
+    phase_probability=0.5, thick_slice_probability=0.3, fov_probability=0.15, sharpen_probability=0.15
+)
 
 
 @dataclass(frozen=True)

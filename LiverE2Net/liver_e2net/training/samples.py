@@ -17,7 +17,16 @@ from torch.utils.data import Dataset, Sampler
 from ..config import ModelConfig
 from ..errors import UserInputError
 from ..preprocessing import context_stack, normalize_hu, resize, stage1_size
-from .augment import adjust_hu, noise_and_blur, random_affine, warp
+from .augment import (
+    PHASES,
+    adjust_hu,
+    limit_field_of_view,
+    noise_and_blur,
+    random_affine,
+    simulate_phase,
+    thick_slice_stack,
+    warp,
+)
 from .cache import CachedCase
 from .config import TrainConfig
 from .synthetic_tumors import insert_tumors_slab
@@ -71,10 +80,21 @@ class _Samples(Dataset):
         config = dataclasses.replace(self.config, augment=augment)
         return type(self)(self.cases, self.model_config, config, CALIBRATION)
 
-    def _image(self, volume_zyx: np.ndarray, z: int, rng: np.random.Generator) -> np.ndarray:
+    def _image(
+        self, volume_zyx: np.ndarray, label_zyx: np.ndarray, z: int, spacing_z: float, rng: np.random.Generator
+    ) -> np.ndarray:
         """Slice z of a [z, y, x] HU volume with its context neighbours, as inference stacks them -> (K, y, x)
-        normalised float32, augmented in HU alike on all K slices."""
-        return self._hu(context_stack(volume_zyx, [z], self.prep.context_slices)[0], rng)
+        normalised float32, augmented in HU alike on all K slices: slice thickness and contrast phase first (the acquisition the training CTs lack), then scanner calibration."""
+        augment, context = self.config.augment, self.prep.context_slices
+        if augment.enabled and rng.random() < augment.thick_slice_probability:
+            thickness = rng.uniform(*augment.thick_slice_mm)
+            hu = thick_slice_stack(volume_zyx, z, context, spacing_z, thickness)
+        else:
+            hu = context_stack(volume_zyx, [z], context)[0]
+        if augment.enabled and rng.random() < augment.phase_probability:
+            label = context_stack(label_zyx, [z], context)[0]
+            hu = simulate_phase(hu, label, str(rng.choice(PHASES[1:])), rng)
+        return self._hu(hu, rng)
 
     def _hu(self, hu: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """HU (augmented) -> normalised float32, as inference's normalize_hu."""
@@ -132,8 +152,13 @@ class Stage1Samples(_Samples):
         flat = int(rng.integers(len(self)))
         case_index = int(np.searchsorted(self.first_slice, flat, side="right") - 1)
         case, z = self.cases[case_index], flat - int(self.first_slice[case_index])
-        image = self._image(case.ct, z, rng)  # (K, H, W)
+        image = self._image(case.ct, case.label, z, case.spacing[2], rng)  # (K, H, W)
         liver = (case.label[z] >= 1).astype(np.float32)
+        augment = self.config.augment
+        if augment.enabled and rng.random() < augment.fov_probability:  # liver outside the circle is not seen
+            inside = limit_field_of_view(np.ones_like(liver)[None], rng, padding_values=(0.0,))[0]
+            image = np.where(inside[None] > 0, image, np.float32(-1.0))  # scanner padding, after the window
+            liver = liver * inside
         both = np.concatenate([image, liver[None]])
         both = resize(torch.from_numpy(both)[None], self.grid[case_index])[0]  # (K + 1, h, w)
         image, liver = self._geometry_and_noise(both[:-1], both[-1:], rng)
@@ -189,7 +214,7 @@ class Stage2Samples(_Samples):
         ct, label = case.ct[:, rows, columns], case.label[:, rows, columns]
         if self.config.synthetic_tumors > 0 and rng.random() < self.config.synthetic_tumors:
             ct, label, z = self._synthetic(case, z, rows, columns, rng)
-        image = self._image(ct, z, rng)  # (K, h, w)
+        image = self._image(ct, label, z, case.spacing[2], rng)  # (K, h, w)
         masks = np.stack([label[z] >= 1, label[z] == 2]).astype(np.float32)
         size = (self.prep.stage2_size, self.prep.stage2_size)
         stack = resize(torch.from_numpy(np.concatenate([image, masks]))[None], size)[0]  # (K + 2, S, S)

@@ -33,7 +33,11 @@ from scipy.spatial.transform import Rotation
 from ..errors import UserInputError
 
 LIVER, TUMOR = 1, 2
-TUMOR_KINDS = ("hypodense", "hyperdense", "rim")
+# Appearances seen on contrast CT (Hu et al. 2023; LI-RADS v2018 for HCC): hypo-attenuating metastases,
+# hyper-attenuating (arterial HCC, hypervascular metastases), rim-enhancing, iso-attenuating with only a thin
+# enhancing capsule to show them, a necrotic (much darker) centre inside a viable wall, and calcified
+# (mucinous colorectal) metastases with bright specks.
+TUMOR_KINDS = ("hypodense", "hyperdense", "rim", "isodense", "capsule", "necrotic", "calcified")
 _VESSEL_SMOOTH_MM = 1.0  # smoothing before the vessel threshold, so that CT noise is not taken for vessels
 _BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces CT structure coarser than this and keeps the finer noise
 _PERCENTILE_SAMPLES = 200_000  # liver voxels used to estimate the vessel threshold
@@ -43,22 +47,29 @@ _PERCENTILE_SAMPLES = 200_000  # liver voxels used to estimate the vessel thresh
 class SyntheticTumorConfig:
     """How synthetic tumors are drawn; every range is sampled uniformly per tumor.
 
-    Defaults follow Hu et al. (2023) and typical portal-venous CT: 1-3 tumors, size classes tiny
-    (3-5 mm), small (5-10), medium (10-25) and large (25-60) with weights favouring small/medium,
-    mostly hypodense (-80 to -20 HU relative to the liver), some hyperdense or rim-enhancing.
+    Defaults follow Hu et al. (2023) and typical contrast CT: 1-10 tumors (fewer more often: each extra one
+    with probability `extra_tumor_probability`), size classes tiny (3-5 mm), small (5-10), medium (10-25) and
+    large (25-80) with weights favouring small/medium. Contrast to the liver: hypodense -80 to -20 HU
+    (colorectal metastases in the portal phase, e.g. case06's 48 ml metastasis at about -30 HU), hyperdense
+    +15 to +40 (arterial HCC), isodense -15 to -5 with a +20 to +40 HU capsule, necrotic centres -100 to -60.
     """
 
-    count_range: tuple[int, int] = (1, 3)
-    size_classes_mm: tuple[tuple[float, float], ...] = ((3.0, 5.0), (5.0, 10.0), (10.0, 25.0), (25.0, 60.0))
+    count_range: tuple[int, int] = (1, 10)
+    extra_tumor_probability: float = 0.4  # P(n + 1 tumors | n): 1 tumor 60 %, 2 24 %, 3 10 % ...
+    size_classes_mm: tuple[tuple[float, float], ...] = ((3.0, 5.0), (5.0, 10.0), (10.0, 25.0), (25.0, 80.0))
     size_class_weights: tuple[float, ...] = (0.2, 0.35, 0.3, 0.15)
     axis_ratio_range: tuple[float, float] = (0.75, 1.25)  # per-axis ratio before normalising the volume
     warp_strength: float = 0.12  # elastic displacement (std), as a fraction of the radius; below 0.25
     warp_points: int = 5  # control points per axis of the displacement grid: lobulation scale
-    kind_weights: tuple[float, float, float] = (0.8, 0.1, 0.1)  # hypodense, hyperdense, rim
+    kind_weights: tuple[float, ...] = (0.5, 0.12, 0.1, 0.06, 0.08, 0.08, 0.06)  # in TUMOR_KINDS order
     hypodense_hu: tuple[float, float] = (-80.0, -20.0)
     hyperdense_hu: tuple[float, float] = (15.0, 40.0)
-    rim_hu: tuple[float, float] = (15.0, 40.0)  # rim contrast of rim-enhancing tumors (core is hypodense)
+    isodense_hu: tuple[float, float] = (-15.0, -5.0)
+    rim_hu: tuple[float, float] = (15.0, 40.0)  # rim contrast of rim-enhancing and capsule tumors
     rim_width_mm: float = 2.0
+    capsule_width_mm: float = 1.0
+    necrosis_hu: tuple[float, float] = (-100.0, -60.0)  # the necrotic centre, relative to the liver
+    calcification_hu: tuple[float, float] = (150.0, 400.0)  # bright specks, relative to the liver
     texture_std_hu: float = 6.0
     texture_scale_mm: float = 4.0  # grain of the texture: spacing of the noise before upsampling
     edge_blur_mm: float = 1.0  # Gaussian sigma of the soft edge (at most a sixth of the diameter)
@@ -90,6 +101,10 @@ class SyntheticTumorConfig:
             raise UserInputError(
                 f"warp_strength {self.warp_strength} must lie in [0, 0.25) to keep tumors whole"
             )
+        if len(self.kind_weights) != len(TUMOR_KINDS) or sum(self.kind_weights) <= 0:
+            raise UserInputError(f"kind_weights {self.kind_weights}: one weight >= 0 per kind of {TUMOR_KINDS}")
+        if not 0 <= self.extra_tumor_probability < 1:
+            raise UserInputError(f"extra_tumor_probability {self.extra_tumor_probability} must lie in [0, 1)")
         if not 0 < self.shrink_factor < 1:
             raise UserInputError(f"shrink_factor {self.shrink_factor} must lie in (0, 1)")
 
@@ -185,7 +200,7 @@ def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool)
     threshold = _vessel_threshold(ct, liver_flat, config.vessel_percentile)
     target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z)
     records = []
-    for _ in range(int(rng.integers(config.count_range[0], config.count_range[1] + 1))):
+    for _ in range(_draw_count(rng, config)):
         record = _place_one(target, rng, config)
         if record is not None:
             records.append(record)
@@ -253,6 +268,15 @@ def _vessel_threshold(ct: np.ndarray, liver_flat: np.ndarray, percentile: float)
     return float(np.percentile(ct.reshape(-1)[liver_flat[::step]], percentile))
 
 
+def _draw_count(rng: np.random.Generator, config: SyntheticTumorConfig) -> int:
+    """Geometric from the range's low end: one tumor most often, several now and then, never above the cap."""
+    low, high = config.count_range
+    count = low
+    while count < high and rng.random() < config.extra_tumor_probability:
+        count += 1
+    return count
+
+
 def _draw_diameter(rng: np.random.Generator, config: SyntheticTumorConfig) -> float:
     weights = np.asarray(config.size_class_weights, dtype=float)
     low, high = config.size_classes_mm[int(rng.choice(len(weights), p=weights / weights.sum()))]
@@ -262,8 +286,14 @@ def _draw_diameter(rng: np.random.Generator, config: SyntheticTumorConfig) -> fl
 def _draw_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> _Appearance:
     weights = np.asarray(config.kind_weights, dtype=float)
     kind = TUMOR_KINDS[int(rng.choice(len(TUMOR_KINDS), p=weights / weights.sum()))]
-    contrast = rng.uniform(*(config.hyperdense_hu if kind == "hyperdense" else config.hypodense_hu))
-    rim = rng.uniform(*config.rim_hu) if kind == "rim" else contrast
+    core_range = {"hyperdense": config.hyperdense_hu, "isodense": config.isodense_hu}
+    contrast = rng.uniform(*core_range.get(kind, config.hypodense_hu))
+    if kind in ("rim", "capsule", "isodense"):
+        rim = rng.uniform(*config.rim_hu)
+    elif kind == "necrotic":
+        rim = rng.uniform(*config.necrosis_hu)  # for necrotic tumors the "rim" value is the centre's
+    else:
+        rim = contrast
     push = (
         rng.uniform(0.5, 1.0) * config.mass_effect_max_mm
         if rng.random() < config.mass_effect_probability
@@ -405,10 +435,7 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
         for n, s in zip(core.shape, spacing_zyx, strict=True)
     )
     texture = config.texture_std_hu * _unit_std(_smooth_noise(core.shape, texture_cells, rng))
-    contrast = appearance.contrast_hu
-    if appearance.kind == "rim":
-        depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]
-        contrast = contrast + (appearance.rim_hu - contrast) * np.exp(-((depth / config.rim_width_mm) ** 2))
+    contrast = _contrast_map(appearance, shape, local, spacing_zyx, rng, config)
     tumor = pushed + alpha * (liver_median + contrast + texture - background)
     reached = alpha > 0
     if appearance.mass_effect_mm > 0:
@@ -416,6 +443,23 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
     changed = liver & reached
     ct[volume] = np.where(changed, _to_dtype(tumor, ct.dtype), ct[volume])
     label_box[core] = TUMOR
+
+
+def _contrast_map(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rng, config):
+    """HU relative to the liver over the tumor box: flat for hypo/hyper, shaped by depth for the others."""
+    kind, contrast = appearance.kind, appearance.contrast_hu
+    if kind in ("hypodense", "hyperdense"):
+        return contrast
+    depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]
+    if kind in ("rim", "capsule", "isodense"):
+        width = config.rim_width_mm if kind == "rim" else config.capsule_width_mm
+        return contrast + (appearance.rim_hu - contrast) * np.exp(-((depth / width) ** 2))
+    if kind == "necrotic":  # the centre (deeper than 40 % of the tumor's depth) turns to necrosis
+        inner = 0.4 * max(float(depth.max()), 1e-3)
+        return contrast + (appearance.rim_hu - contrast) / (1 + np.exp(-(depth - inner) / 1.0))
+    specks = (rng.random(depth.shape) < 0.01) & (depth > 1.0)  # calcified: about 1 % of the inner voxels
+    bright = ndimage.gaussian_filter(specks.astype(np.float32), 0.7 / spacing_zyx) * 4.0
+    return contrast + np.minimum(bright, 1.0) * rng.uniform(*config.calcification_hu)
 
 
 def _mass_effect(ct_box: np.ndarray, shape: _Shape, local, push_mm: float, spacing_zyx, config) -> np.ndarray:

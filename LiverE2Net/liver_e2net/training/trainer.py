@@ -30,7 +30,7 @@ from ..models import build_network
 from ..progress import Reporter, null_reporter
 from . import distributed, resolve, run_folder
 from .batchnorm import recalibrate_batchnorm
-from .cache import prepare_cases
+from .cache import prepare_cases, prepare_usable_cases
 from .config import TrainConfig
 from .losses import stage1_loss, stage2_loss
 from .reporting import RunReporter, fmt
@@ -120,11 +120,23 @@ class Trainer:
         self.config = resolve.train_config(state, self.requested, self.model_config.name, self.output)
         sources = resolve.sources(state, self.sources, self.output)
         self.file_sources = resolve.file_sources(sources)
-        if self.dist.is_main:
-            cases = prepare_cases(sources, self.cache)
+        if self.dist.is_main and not state:
+            cases, skipped = prepare_usable_cases(sources, self.cache)
+            for name, reason in skipped.items():
+                log.warning("left out case %s: %s", name, reason)
+            if len(cases) < len(sources) and len(cases) < 2:
+                raise UserInputError(
+                    f"too few usable cases ({len(cases)} of {len(sources)}): "
+                    + "; ".join(f"{name}: {reason}" for name, reason in skipped.items())
+                )
+            sources = [source for source in sources if source.name not in skipped]
+            self.file_sources = resolve.file_sources(sources)
+        elif self.dist.is_main:
+            cases = prepare_cases(sources, self.cache)  # a resumed run needs every one of its cases
         self.dist.barrier()  # rank 0 fills the cache; the others then only map it
         if not self.dist.is_main:
-            cases = prepare_cases(sources, self.cache, build=False)
+            cases = prepare_usable_cases(sources, self.cache)[0] if not state else prepare_cases(
+                sources, self.cache, build=False)
         by_name = {case.name: case for case in cases}
         if state:
             training, validation = state["training_cases"], state["validation_cases"]
