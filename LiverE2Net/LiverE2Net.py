@@ -100,6 +100,7 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = LiverE2NetLogic()
         self.panel = SegmentationPanel(self.ui, self.logic)
         self.batchPanel = BatchPanel(self.ui, self.logic)
+        self.batchPanel.dependencies = self.panel.dependencies  # one offer to install for the module
         # One child at a time: each section greys out its Run button while the other one's child works.
         self.panel.onStateChanged, self.batchPanel.onStateChanged = self.batchPanel.updateGui, self.panel.updateGui
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
@@ -113,6 +114,7 @@ class LiverE2NetWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.panel.dependencies.noteMissing(self.panel.showStatus)
 
     def exit(self) -> None:
         """The widgets stop following the parameter node; a run in progress still delivers its result to it."""
@@ -321,7 +323,7 @@ class LiverE2NetTest(ScriptedLoadableModuleTest):
         return [slicer.mrmlScene.GetNthNode(index).GetID() for index in range(slicer.mrmlScene.GetNumberOfNodes())]
 
     def test_SegmentEditMeasureExport(self):
-        from liver_e2net.segments import SEGMENTS
+        from liver_e2net.protocol import SEGMENTS
 
         progress = []
         segmentationNode = self.logic.segment(self.ct, model=self._randomModel(), device="cpu",

@@ -17,6 +17,7 @@ import numpy as np
 import slicer
 import vtk
 from liver_e2net.errors import UserInputError
+from liver_e2net.protocol import BEST_MODEL, LAST_MODEL, TRAINER_STATE
 from LiverE2NetLib.Inputs import checkDependencies
 from LiverE2NetLib.Models import Device, userModelFolder
 from LiverE2NetTrainingLib.Export import exportTrainingPairs
@@ -24,10 +25,8 @@ from LiverE2NetTrainingLib.Pairs import pairsInFolder, pairsInScene, pairsInScen
 from LiverE2NetTrainingLib.Panel import TrainingPanel
 from LiverE2NetTrainingLib.Registry import registerModel
 from LiverE2NetTrainingLib.Run import (
-    BEST,
     DATA_FOLDER,
     FINISHED,
-    STATE,
     STOPPED,
     TrainingProcess,
     TrainingRun,
@@ -115,6 +114,7 @@ class LiverE2NetTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        self.panel.dependencies.noteMissing(self.panel.showStatus)
 
     def exit(self) -> None:
         self.setParameterNode(None)
@@ -182,7 +182,7 @@ class LiverE2NetTrainingLogic(ScriptedLoadableModuleLogic):
     def outputConflict(self, settings: TrainingSettings) -> str:
         """What a new run of `settings` would replace ("" for nothing): a run in its folder, or a model's name."""
         runFolder = settings.runFolder
-        if any((runFolder / name).exists() for name in (BEST, STATE, "last.pt")):
+        if any((runFolder / name).exists() for name in (BEST_MODEL, TRAINER_STATE, LAST_MODEL)):
             return f"'{runFolder}' already holds a training run."
         if self.registeredModelPath(settings).exists():
             return f"A model named '{settings.modelName}' is already in the model folder."

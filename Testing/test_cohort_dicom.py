@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,8 @@ def test_batch_writes_dicom_seg_for_dicom_input_and_refuses_it_for_nifti(
 
 def test_dcmqi_reads_the_seg_as_slicer_does(tmp_path, axial_series, ct) -> None:
     """dcmqi's segimage2itkimage is the reader of Slicer's QuantitativeReporting (pip install dcmqi; skips if absent)."""
-    program = shutil.which("segimage2itkimage")
+    # A venv's scripts folder is not on PATH unless the venv is activated: look beside this interpreter too.
+    program = shutil.which("segimage2itkimage") or shutil.which("segimage2itkimage", path=str(Path(sys.executable).parent))
     if program is None:
         pytest.skip("dcmqi's segimage2itkimage not on PATH (pip install dcmqi)")
     label = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)

@@ -194,11 +194,11 @@ def test_nodes_removed_during_a_run_are_not_resurrected(logic, sampleCt, fakeMod
 
 
 def test_missing_python_packages_are_named_with_the_fix(logic, sampleCt, fakeModel, monkeypatch):
+    from liver_e2net import protocol
     from liver_e2net.errors import UserInputError
-    from LiverE2NetLib import Inputs
 
-    monkeypatch.setitem(Inputs.REQUIRED_MODULES, "no_such_module_here", "scikit-nothing")
-    with pytest.raises(UserInputError, match=r"lacks scikit-nothing: run slicer.util.pip_install\('scikit-nothing'\)"):
+    monkeypatch.setattr(protocol, "RUNTIME_REQUIREMENTS", (*protocol.RUNTIME_REQUIREMENTS, "scikit-nothing>=1"))
+    with pytest.raises(UserInputError, match=r"lacks scikit-nothing: click the Liver E2Net panel's Segment"):
         logic.segment(sampleCt, model=fakeModel)
 
 
@@ -219,7 +219,7 @@ def test_unknown_device_or_accuracy_is_refused(logic, sampleCt, fakeModel):
     with pytest.raises(UserInputError, match="Unknown accuracy 'perfect': use fast or best"):
         logic.segment(sampleCt, model=fakeModel, accuracy="perfect")
     # The panel's member, the label in any case, or the CLI's --tta value.
-    assert {Accuracy.parse(value) for value in (Accuracy.Best, "best", "Best", "flip+multiscale")} == {Accuracy.Best}
+    assert {Accuracy.parse(value) for value in (Accuracy.Best, "best", "Best", "multiscale")} == {Accuracy.Best}
     assert Accuracy.parse("none") is Accuracy.Fast
 
 

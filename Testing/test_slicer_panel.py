@@ -126,11 +126,11 @@ def test_button_states_models_and_devices(panelWidget, mrmlScene, liteModel):
     # Models: the bundled one, then the user's folder, each with its one-line description.
     assert [ui.modelSelector.itemText(i) for i in range(ui.modelSelector.count())] == [
         "random-lite (bundled)", "broken", "mine"]
-    assert ui.modelDescriptionLabel.text() == "random-lite | lite config" and parameters.model == ""
+    assert ui.modelDescriptionLabel.text() == "random-lite | lite config | no held-out real-CT accuracy recorded" and parameters.model == ""
     ui.modelSelector.setCurrentIndex(1)
     assert parameters.model.endswith("broken.pt") and ui.modelDescriptionLabel.text().startswith("unreadable: ")
     ui.modelSelector.setCurrentIndex(2)
-    assert parameters.model.endswith("mine.pt") and ui.modelDescriptionLabel.text() == "random-lite | lite config"
+    assert parameters.model.endswith("mine.pt") and ui.modelDescriptionLabel.text() == "random-lite | lite config | no held-out real-CT accuracy recorded"
     shutil.copy(liteModel, Path(parameters.model).with_name("newly trained.pt"))
     ui.refreshModelsButton.click()
     assert ui.modelSelector.itemText(3) == "newly trained" and ui.modelSelector.currentText() == "mine"
@@ -167,7 +167,7 @@ def test_accuracy_choice_goes_to_the_command_line(panelWidget, sampleCt, monkeyp
     ui.accuracySelector.setCurrentIndex(ui.accuracySelector.findText("Best"))
     assert parameters.accuracy == Accuracy.Best
     run(panelWidget, "ok", monkeypatch)
-    assert [command[command.index("--tta") + 1] for command in commands] == ["none", "flip+multiscale"]
+    assert [command[command.index("--tta") + 1] for command in commands] == ["none", "multiscale"]
     assert ui.statusLabel.text() == "Done: 'CT segmentation_1' is ready for the Segment Editor."
     assert parameters.removeFalsePositives and ui.removeFalsePositivesCheckBox.isChecked()
     ui.removeFalsePositivesCheckBox.setChecked(False)

@@ -34,7 +34,7 @@ def panelWidget(mrmlScene, qtApplication, liteModel, tmp_path, monkeypatch):
     QSettings.setPath(QSettings.IniFormat, QSettings.UserScope, str(tmp_path / "settings"))
     QSettings().setValue("LiverE2Net/UserModelFolder", str(tmp_path / "models"))
     monkeypatch.delenv("LIVER_E2NET_MODEL", raising=False)
-    monkeypatch.setattr("liver_e2net.checkpoint.default_model_path", lambda: None)
+    monkeypatch.setattr("liver_e2net.protocol.default_model_path", lambda: None)
     monkeypatch.setenv("FAKE_TRAIN_MODEL", str(liteModel))
     widget = moduleWidget(LiverE2NetTraining.LiverE2NetTrainingWidget)
     widget.logic.cliCommand = [sys.executable, str(FAKE_TRAINER)]
@@ -124,7 +124,7 @@ def test_pairs_table_settings_and_enabled_states(panelWidget, mrmlScene, liteMod
     ui.addSceneFileButton.click()
     assert table.rowCount() == 6 and str(tmp_path / "saved.mrb") in table.item(5, 0).toolTip()  # its 3 pairs
     # Fine-tuning once there is a bundled model: the config then comes from it.
-    monkeypatch.setattr("liver_e2net.checkpoint.default_model_path", lambda: liteModel)
+    monkeypatch.setattr("liver_e2net.protocol.default_model_path", lambda: liteModel)
     panel.updateGui()
     ui.fineTuneCheckBox.setChecked(True)
     assert parameters.fineTune and ui.fineTuneCheckBox.isEnabled() and not ui.configSelector.isEnabled()
@@ -231,6 +231,7 @@ def test_a_real_run_from_the_panel_lands_in_the_segmentation_module(panelWidget,
     index = texts(selector).index("liver-ct-selftrained")
     selector.setCurrentIndex(index)
     description = segmentationWidget.ui.modelDescriptionLabel.text()
-    assert description.startswith("liver-ct-selftrained | lite config | 1 training cases | 6 epochs | val Dice liver")
+    assert description.startswith("liver-ct-selftrained | lite config | 1 training cases | 6 epochs | no held-out")
+    assert "val Dice" not in description  # validation on synthetic tumors is never shown as accuracy
     assert (tmp_path / "models" / "liver-ct-selftrained.log").read_text().count("epoch") >= 6
     segmentationWidget.cleanup()

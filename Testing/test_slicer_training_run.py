@@ -73,7 +73,7 @@ def test_a_run_reports_progress_and_registers_its_model(logic, pairs, modelFolde
     assert run.message.startswith("Done: model 'mine' (validation Dice liver 0.800, tumor 0.300)")
     # The segmentation module lists it at once, with the checkpoint's description.
     listed = {entry.path: entry.description for entry in LiverE2Net.LiverE2NetLogic().listModels()}
-    assert listed[modelFolder / "mine.pt"] == "random-lite | lite config"
+    assert listed[modelFolder / "mine.pt"] == "random-lite | lite config | no held-out real-CT accuracy recorded"
     # Fine-tuning starts from the bundled model and keeps its config.
     monkeypatch.setenv("LIVER_E2NET_MODEL", str(run.modelPath))
     again = logic.startTraining(pairs, settings(tmp_path, modelName="tuned", fineTune=True))

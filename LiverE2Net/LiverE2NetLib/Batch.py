@@ -19,16 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import slicer
-from liver_e2net.cohort.discovery import OUTPUT_SUFFIXES, VOLUME_SUFFIXES, is_dicom_file
+from liver_e2net.cohort.dicom_tree import is_dicom_file  # allowed for now: see Testing/test_slicer_imports.py
 from liver_e2net.errors import UserInputError
+from liver_e2net.protocol import (
+    CASE_RECORD,
+    COHORT_TABLE,
+    OUTPUT_SUFFIXES,
+    STAGE_CASE,
+    STAGE_DONE,
+    VOLUME_SUFFIXES,
+)
 
 from .ChildProcess import ProcessResult
 from .Inputs import checkDependencies, resolveModel
 from .Models import Accuracy, Device
 from .Segments import SegmentationCancelled, SegmentationError
 
-COHORT_TABLE = "cohort.csv"  # written by segment-batch into the output folder
-CASE_RECORD = "case.json"  # one per case folder, written last: a finished case
 DICOM_LIST = "dicom_inputs.csv"  # the files of the chosen DICOM studies, one per line, for segment-batch
 
 
@@ -266,9 +272,8 @@ class BatchJob:
 
 
 class BatchProgress:
-    """The panel's view of segment-batch's JSON lines: the case in work, cases finished and failed."""
-
-    CASE_PREFIX = re.compile(r"\[(\d+)/(\d+)\] ")  # segment-batch's "[2/5] case: message"
+    """The panel's view of segment-batch's JSON lines: the case in work, cases finished and failed, all from the
+    records' fields (index, total, case, status), never from their message text."""
 
     def __init__(self) -> None:
         self.fraction = 0.0
@@ -286,21 +291,18 @@ class BatchProgress:
     def update(self, record: dict) -> None:
         self.fraction = float(record.get("fraction", self.fraction))
         self.stage = record.get("stage", "")
-        message = str(record.get("message", ""))
-        match = self.CASE_PREFIX.match(message)
-        if match:
-            self.caseIndex, self.caseTotal = int(match.group(1)), int(match.group(2))
-            message = message[match.end() :]
+        if "index" in record and "total" in record:
+            self.caseIndex, self.caseTotal = int(record["index"]), int(record["total"])
         if record.get("case"):
             self.caseName = str(record["case"])
-            message = message.removeprefix(f"{self.caseName}: ")
-        self.detail = message
-        if self.stage == "case":
-            self.caseIndex, self.caseTotal = int(record.get("index", 0)), int(record.get("total", 0))
+        # The message is for people: the panel shows it without the "[2/5] case: " it repeats from the fields.
+        prefix = f"[{self.caseIndex}/{self.caseTotal}] " if "index" in record else ""
+        self.detail = str(record.get("message", "")).removeprefix(prefix).removeprefix(f"{self.caseName}: ")
+        if self.stage == STAGE_CASE:
             self.finished = self.caseIndex
             if record.get("status") == "failed":
                 self.failed.append(self.caseName)
-        elif self.stage == "done":
+        elif self.stage == STAGE_DONE:
             self.tablePath = str(record.get("table", ""))
 
 

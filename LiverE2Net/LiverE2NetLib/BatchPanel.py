@@ -1,7 +1,7 @@
 """The "Batch (cohort)" section on the widgets of Resources/UI/LiverE2Net.ui: a folder or DICOM studies in, one
 `segment-batch` child, its progress, and the cohort table into the scene.
 
-The same state machine as the segmentation panel (idle -> running -> [cancelling] -> idle) over the same Logic and
+The same Run/Cancel states as the segmentation panel (RunState.RunButton) over the same Logic and
 child-process runner. Dialogs are attributes (`chooseFolder`, `showTable`) so tests can answer them.
 """
 
@@ -15,10 +15,11 @@ from liver_e2net.errors import UserInputError
 from slicer.util import VTKObservationMixin
 
 from .Batch import COHORT_TABLE, BatchProgress, BatchSource
+from .Dependencies import DependencyInstaller
 from .Panel import ERROR_STYLE, STAGE_LABELS
+from .RunState import IDLE, RUNNING, RunButton
 from .Segments import SegmentationCancelled, SegmentationError
 
-IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
 RUN_TEXT = "Run batch"
 
 
@@ -40,11 +41,13 @@ class BatchPanel(VTKObservationMixin):
     def __init__(self, ui, logic):
         VTKObservationMixin.__init__(self)
         self.ui, self.logic = ui, logic
-        self.state = IDLE
+        self.runButton = RunButton(ui.batchRunButton, RUN_TEXT,
+                                   "Stop the batch; finished cases are kept and a new run resumes.")
         self.progress = BatchProgress()
         self.chooseFolder = chooseFolderDialog
         self.showTable = showTableInViews
         self.onStateChanged = lambda: None  # the widget links the segmentation panel here
+        self.dependencies = DependencyInstaller()  # the widget shares the segmentation panel's
         self._parameterNode = None
         self._studies = []
         self._studiesListed = False  # listed once when the DICOM source is first shown, then on Refresh
@@ -63,10 +66,13 @@ class BatchPanel(VTKObservationMixin):
             self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
         self.updateGui()
 
+    @property
+    def state(self) -> str:
+        return self.runButton.state
+
     def cancel(self) -> None:
         """Kills the child; the cases it finished stay, and a new run resumes the batch."""
-        if self.state == RUNNING:
-            self.state = CANCELLING
+        if self.runButton.requestCancel():
             self.showStatus("Cancelling...")
             self.logic.cancel()
             self.updateGui()
@@ -121,6 +127,8 @@ class BatchPanel(VTKObservationMixin):
         if self.state != IDLE:
             self.cancel()
             return
+        if not self.dependencies.readyFor(self.showStatus):
+            return
         parameters = self._parameterNode
         fromDicom = parameters.batchSource == BatchSource.DICOM
         try:
@@ -139,7 +147,7 @@ class BatchPanel(VTKObservationMixin):
         except (UserInputError, SegmentationError) as error:
             self.showStatus(str(error), error=True)
             return
-        self.state = RUNNING
+        self.runButton.moveTo(RUNNING)
         self.progress = BatchProgress()
         self.ui.batchProgressBar.setValue(0)
         self.ui.batchProgressBar.setVisible(True)
@@ -161,7 +169,7 @@ class BatchPanel(VTKObservationMixin):
         self.showStatus(f"{where}: {progress.caseName}, {stage.lower()}{detail}. {counts}.")
 
     def onFinished(self, outcome, error) -> None:
-        self.state = IDLE
+        self.runButton.moveTo(IDLE)
         self.ui.batchProgressBar.setVisible(False)
         if error is None:
             failed = f" Failed: {', '.join(self.progress.failed)}." if self.progress.failed else ""
@@ -197,11 +205,7 @@ class BatchPanel(VTKObservationMixin):
         idle = self.state == IDLE
         canRun, reason = self.canRun()
         ui = self.ui
-        ui.batchRunButton.setText(RUN_TEXT if idle else "Cancel")
-        ui.batchRunButton.setEnabled(canRun if idle else self.state == RUNNING)
-        ui.batchRunButton.setToolTip(
-            reason if idle else "Stop the batch; finished cases are kept and a new run resumes."
-        )
+        self.runButton.show(canRun, reason)
         ui.batchInputsWidget.setEnabled(idle)
         fromDicom = self._parameterNode is not None and self._parameterNode.batchSource == BatchSource.DICOM
         ui.batchInputFolderWidget.setVisible(not fromDicom)

@@ -203,6 +203,19 @@ class QtProcess:
     def isRunning(self) -> bool:
         return self._process is not None and self._process.state() != self._qt.QProcess.NotRunning
 
+    def processId(self) -> int:
+        """The child's id; 0 unless it runs (a signal to pid 0 would reach Slicer's own process group). A child
+        still starting is waited for (milliseconds), so a Stop clicked right after Start reaches it."""
+        if not self.isRunning():
+            return 0
+        if self._process.state() == self._qt.QProcess.Starting:
+            self._process.waitForStarted(5000)
+        return int(self._process.processId())
+
+    def program(self) -> str:
+        """The executable started (PythonSlicer is a launcher: its Python is a child of it)."""
+        return str(self._process.program()) if self._process is not None else ""
+
     def cancel(self) -> None:
         if self.isRunning():
             self._cancelled = True

@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import slicer
+from liver_e2net import protocol
 from liver_e2net.errors import UserInputError
 from liver_e2net.io import check_ct_values
 
-# Import name -> what to install. The child runs in Slicer's own Python, so these must be installed there.
-REQUIRED_MODULES = {"torch": "PyTorch", "scipy": "scipy", "skimage": "scikit-image", "SimpleITK": "SimpleITK"}
+from .Dependencies import missingMessage
 
 
 def checkDependencies() -> None:
-    missing = [package for module, package in REQUIRED_MODULES.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        others = [package for package in missing if package != "PyTorch"]
-        fixes = ["install PyTorch with the PyTorch Utils module"] if "PyTorch" in missing else []
-        if others:
-            fixes.append(f"run slicer.util.pip_install({' '.join(others)!r}) in the Python console")
-        raise UserInputError(f"Slicer's Python lacks {', '.join(missing)}: {' and '.join(fixes)}, then try again.")
+    """The child runs in Slicer's own Python: refuse before any work when a package it needs is not there."""
+    message = missingMessage()
+    if message:
+        raise UserInputError(message)
 
 
 def checkInputVolume(volumeNode) -> None:
@@ -52,9 +48,7 @@ def resolveModel(model: str | Path | None) -> Path:
         if not path.is_file():
             raise UserInputError(f"Model file not found: {path}. Choose another model or put the file back.")
         return path
-    from liver_e2net.checkpoint import default_model_path
-
-    bundled = default_model_path()
+    bundled = protocol.default_model_path()
     if bundled is None or not bundled.is_file():
         raise UserInputError("No model selected and no bundled model in Resources/Models: train one with the "
                              "Liver E2Net Training module or copy a .pt file into your model folder.")

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import enum
+import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from liver_e2net import protocol
+
+from .ChildProcess import ProcessResult, childEnvironment, killProcessTree, pythonExecutable
 
 USER_MODEL_FOLDER_SETTING = "LiverE2Net/UserModelFolder"
 
@@ -18,11 +24,12 @@ class Device(enum.Enum):
 
 
 class Accuracy(enum.Enum):
-    """Member names are the panel's labels; values are the CLI's --tta. Best fuses six passes of stage 2 (left-right
-    flip x scales 0.875, 1, 1.125): about 6x the time of Fast."""
+    """Member names are the panel's labels; values are the CLI's --tta. Best fuses three passes of stage 2 (scales
+    0.875, 1, 1.125): about 3x the time of Fast. No flip: the bundled model never saw mirrored anatomy, and flip
+    fusion made it worse (liver -11 % on the sample CT)."""
 
     Fast = "none"
-    Best = "flip+multiscale"
+    Best = "multiscale"
 
     @classmethod
     def parse(cls, value: Accuracy | str) -> Accuracy:
@@ -54,38 +61,87 @@ def userModelFolder() -> Path:
     return Path(value) if value else Path.home() / ".liver_e2net" / "models"
 
 
-_descriptions: dict[tuple[str, int, int], str] = {}
+_infoCache: dict[tuple, dict | str] = {}
+INFO_TIMEOUT_S = 300  # a first import of PyTorch on a busy machine takes many seconds
+
+
+def childInfo(models: list[Path | None]) -> list[dict | str]:
+    """`liver-e2net info --json` of each model (None: the bundled one), one child each, all at once: PyTorch and
+    the networks never load into Slicer's process. Each answer is the parsed JSON, or the child's error message;
+    answers are cached per file version."""
+    keys = [_fileKey(model) for model in models]
+    pending = {key: model for key, model in zip(keys, models) if key not in _infoCache}
+    children = {key: _startInfo(model) for key, model in pending.items()}
+    for key, child in children.items():
+        _infoCache[key] = _infoAnswer(child)
+    return [_infoCache[key] for key in keys]
+
+
+def forgetModelInfo() -> None:
+    """After PyTorch is installed, the answers cached without it are wrong."""
+    _infoCache.clear()
+
+
+def _fileKey(path: Path | None) -> tuple:
+    if path is None:
+        return ("bundled",)
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return (str(path), None)
+    return (str(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _startInfo(model: Path | None):
+    command = [pythonExecutable(), "-m", "liver_e2net", "info", "--json", "--device", "cpu"]
+    if model is not None:
+        command += ["--model", str(model)]
+    try:
+        return subprocess.Popen(command, env=childEnvironment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, encoding="utf-8", errors="replace")
+    except OSError as error:
+        return f"cannot start {command[0]}: {error.strerror}"
+
+
+def _infoAnswer(child) -> dict | str:
+    if isinstance(child, str):
+        return child
+    try:
+        stdout, stderr = child.communicate(timeout=INFO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        killProcessTree(child.pid)
+        child.communicate()
+        return f"no answer from `liver-e2net info` within {INFO_TIMEOUT_S} s"
+    if child.returncode == 0:
+        try:
+            return json.loads(stdout)
+        except json.JSONDecodeError:
+            pass
+    marker = "liver-e2net info: error: "  # the CLI's user message, which may span lines
+    if marker in stderr:
+        return stderr[stderr.rindex(marker) + len(marker):].strip()
+    return ProcessResult(child.returncode if child.returncode >= 0 else None, stderr=stderr).failureMessage()
 
 
 def describeModel(path: Path) -> str:
-    """The checkpoint's one-line description, cached per file version; loading needs PyTorch, so it is lazy."""
-    stat = path.stat()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
-    if key not in _descriptions:
-        try:
-            from liver_e2net.checkpoint import load_checkpoint
-
-            _descriptions[key] = load_checkpoint(path).describe()
-        except Exception as error:  # one unreadable file (or a missing PyTorch) must not hide the other models
-            _descriptions[key] = f"unreadable: {error}"
-    return _descriptions[key]
+    """The checkpoint's one-line description, or why it could not be read."""
+    answer = childInfo([path])[0]
+    return answer["model"]["description"] if isinstance(answer, dict) else f"unreadable: {answer}"
 
 
 def listModels(userFolder: Path | None = None) -> list[ModelEntry]:
-    from liver_e2net.checkpoint import default_model_path
-
-    bundled = default_model_path()
-    entries = [ModelEntry(bundled, True, describeModel(bundled))] if bundled and bundled.is_file() else []
+    bundled = protocol.default_model_path()
+    paths = [bundled] if bundled and bundled.is_file() else []
     folder = userFolder or userModelFolder()
     if folder.is_dir():
-        entries += [ModelEntry(path, False, describeModel(path)) for path in sorted(folder.glob("*.pt"))]
-    return entries
+        paths += sorted(folder.glob("*.pt"))
+    childInfo(paths)  # every description in parallel children
+    return [ModelEntry(path, path == bundled, describeModel(path)) for path in paths]
 
 
 def gpuStatus() -> tuple[bool, str]:
     """(available, reason): the GPU choice is greyed out with the reason when CUDA is absent."""
-    try:
-        from liver_e2net.devices import cuda_status
-    except ImportError as error:
-        return False, f"PyTorch is not installed ({error})"
-    return cuda_status()
+    answer = childInfo([None])[0]
+    if isinstance(answer, dict):
+        return bool(answer["cuda"]["available"]), str(answer["cuda"]["detail"])
+    return False, f"PyTorch cannot run here ({answer})"

@@ -1,8 +1,8 @@
 """The "Segment Liver & Tumors" panel on the widgets of Resources/UI/LiverE2Net.ui.
 
-A small state machine over the Logic (idle -> running -> [cancelling] -> idle); the child process reports
-through callbacks, so the GUI thread never waits. Dialogs are attributes (`askReplace`, `chooseFolder`) so tests
-can answer them. Written with method calls only (setEnabled, isChecked...), which PythonQt and PySide6 share.
+The Run/Cancel button's states (RunState.RunButton, shared with the batch and training panels) over the Logic;
+the child process reports through callbacks, so the GUI thread never waits. Dialogs are attributes (`askReplace`,
+`chooseFolder`) so tests can answer them. Written with method calls only (setEnabled, isChecked...), which PythonQt and PySide6 share.
 The model list fills the batch section's model selector too: both follow the one `model` parameter.
 """
 
@@ -13,7 +13,9 @@ import vtk
 from liver_e2net.errors import UserInputError
 from slicer.util import VTKObservationMixin
 
-from .Models import Device
+from .Dependencies import DependencyInstaller
+from .Models import Device, forgetModelInfo
+from .RunState import IDLE, RUNNING, RunButton
 from .Segments import (
     SegmentationCancelled,
     SegmentationError,
@@ -24,7 +26,6 @@ from .Segments import (
     storedReport,
 )
 
-IDLE, RUNNING, CANCELLING = "idle", "running", "cancelling"
 APPLY_TEXT = "Segment Liver && Tumors"  # "&&" shows one "&" on a Qt button
 STAGE_LABELS = {"load": "Loading", "read": "Reading", "stage1": "Finding the liver", "stage2": "Liver and tumors",
                 "postprocess": "Cleaning up", "write": "Writing", "case": "Finished", "done": "Done",
@@ -51,10 +52,11 @@ class SegmentationPanel(VTKObservationMixin):
     def __init__(self, ui, logic):
         VTKObservationMixin.__init__(self)
         self.ui, self.logic = ui, logic
-        self.state = IDLE
+        self.runButton = RunButton(ui.applyButton, APPLY_TEXT, "Stop the segmentation; the scene stays as it was.")
         self.askReplace = askReplaceDialog
         self.chooseFolder = chooseFolderDialog
         self.onStateChanged = lambda: None  # the widget links the batch section here
+        self.dependencies = DependencyInstaller(onInstalled=self.onDependenciesInstalled)  # the batch's too
         self._parameterNode = None
         self._models = []
         self._lesions = []
@@ -79,12 +81,20 @@ class SegmentationPanel(VTKObservationMixin):
             self.refreshDevices()
         self.updateGui()
 
+    @property
+    def state(self) -> str:
+        return self.runButton.state
+
     def cancel(self) -> None:
-        if self.state == RUNNING:
-            self.state = CANCELLING
+        if self.runButton.requestCancel():
             self.showStatus("Cancelling...")
             self.logic.cancel()
             self.updateGui()
+
+    def onDependenciesInstalled(self) -> None:
+        forgetModelInfo()
+        self.refreshModels()
+        self.refreshDevices()
 
     # Inputs
 
@@ -147,6 +157,8 @@ class SegmentationPanel(VTKObservationMixin):
         if self.state != IDLE:
             self.cancel()
             return
+        if not self.dependencies.readyFor(self.showStatus):
+            return
         parameters = self._parameterNode
         outputNode = parameters.outputSegmentation
         if outputNode is not None and referenceVolume(outputNode) is parameters.inputVolume:
@@ -167,7 +179,7 @@ class SegmentationPanel(VTKObservationMixin):
         except (UserInputError, SegmentationError) as error:
             self.showStatus(str(error), error=True)
             return
-        self.state = RUNNING
+        self.runButton.moveTo(RUNNING)
         self.ui.progressBar.setValue(0)
         self.ui.progressBar.setVisible(True)
         self.showStatus("Starting...")
@@ -180,7 +192,7 @@ class SegmentationPanel(VTKObservationMixin):
         self.showStatus(f"{stage}: {record.get('message', '')}" if record.get("message") else stage)
 
     def onFinished(self, segmentationNode, error) -> None:
-        self.state = IDLE
+        self.runButton.moveTo(IDLE)
         self.ui.progressBar.setVisible(False)
         if error is None:
             self._parameterNode.outputSegmentation = segmentationNode
@@ -199,9 +211,7 @@ class SegmentationPanel(VTKObservationMixin):
     def updateGui(self, caller=None, event=None) -> None:
         idle = self.state == IDLE
         canRun, reason = self.canRun()
-        self.ui.applyButton.setText(APPLY_TEXT if idle else "Cancel")
-        self.ui.applyButton.setEnabled(canRun if idle else self.state == RUNNING)
-        self.ui.applyButton.setToolTip(reason if idle else "Stop the segmentation; the scene stays as it was.")
+        self.runButton.show(canRun, reason)
         self.ui.inputsCollapsibleButton.setEnabled(idle)
         self._syncModelSelector()
         self.showResults(self._parameterNode.outputSegmentation if self._parameterNode else None)

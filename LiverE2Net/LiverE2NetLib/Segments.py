@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 import vtk
-from liver_e2net.segments import SEGMENTS
+from liver_e2net.protocol import SEGMENTS
 
 REPORT_ATTRIBUTE = "LiverE2Net.Report"  # the run's JSON report, kept on the segmentation node (saved with the scene)
 PROBABILITY_ROLE = "LiverE2NetProbability"  # node references from a segmentation to its probability volumes

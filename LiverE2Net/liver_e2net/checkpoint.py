@@ -8,7 +8,6 @@ arrays as tensors, with the fingerprint of the stage-2 weights it was trained on
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from .errors import UserInputError
 from .fp_filter import FalsePositiveFilter
 from .io import atomic_output
 from .models import build_network
+from .protocol import default_model_path  # noqa: F401  (the bundled model; callers import it from here too)
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "labels", "stage1", "stage2", "metadata")
@@ -47,19 +47,32 @@ class Checkpoint:
         return networks[0], networks[1]
 
     def describe(self) -> str:
-        """One line for model selectors: name, config, training data, validation Dice."""
+        """One line for model selectors: name, config, training data, accuracy on real CTs it never saw.
+
+        Validation Dice is left out on purpose: it is measured on the validation case's synthetic tumors, and
+        a clinician reads any Dice shown beside a model as its accuracy.
+        """
         meta = self.metadata
         parts = [meta.get("name", self.path.stem if self.path else "model"), f"{self.config.name} config"]
         if meta.get("training_cases"):
             parts.append(f"{len(meta['training_cases'])} training cases")
         if meta.get("epochs"):
             parts.append(f"{meta['epochs']} epochs")
-        dice = meta.get("validation_dice") or {}
-        if dice:
-            parts.append("val Dice " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items() if v is not None))
+        held_out = meta.get("held_out") or []
+        parts += [describe_held_out(row) for row in held_out]
+        if not held_out:
+            parts.append("no held-out real-CT accuracy recorded")
         if self.fp_filter is not None:
             parts.append("tumor false-positive filter")
         return " | ".join(parts)
+
+
+def describe_held_out(row: dict[str, Any]) -> str:
+    """'held-out case01: liver Dice 0.951, tumor Dice 0.612, 2/2 lesions, 1 false' from an export-model row."""
+    return (
+        f"held-out {row['case']}: liver Dice {row['liver_dice']:.3f}, tumor Dice {row['tumor_dice']:.3f}, "
+        f"{row['chlebus_tp']}/{row['ref_lesions']} lesions, {row['chlebus_fp_per_case']:g} false"
+    )
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False) -> Path:
@@ -171,15 +184,3 @@ def random_checkpoint(config: ModelConfig, seed: int = 0, **metadata: Any) -> Ch
     return Checkpoint(
         config, stage1.state_dict(), stage2.state_dict(), {"name": f"random-{config.name}", **metadata}
     )
-
-
-def default_model_path() -> Path | None:
-    """The bundled model: $LIVER_E2NET_MODEL, else Resources/Models/*.pt beside the module or the repository."""
-    if os.environ.get("LIVER_E2NET_MODEL"):
-        return Path(os.environ["LIVER_E2NET_MODEL"])
-    package = Path(__file__).resolve().parent
-    for folder in (package.parent / "Resources" / "Models", package.parent.parent / "Resources" / "Models"):
-        candidates = sorted(folder.glob("*.pt"))
-        if candidates:
-            return candidates[0]
-    return None

@@ -57,7 +57,9 @@ def _report_error(args: argparse.Namespace, message: str) -> None:
     if getattr(args, "progress", None) == "jsonl":
         import json
 
-        print(json.dumps({"stage": "error", "fraction": 1.0, "message": message}), flush=True)
+        from .protocol import STAGE_ERROR, progress_record
+
+        print(json.dumps(progress_record(STAGE_ERROR, 1.0, message)), flush=True)
     print(f"liver-e2net {args.command}: error: {message}", file=sys.stderr)
 
 

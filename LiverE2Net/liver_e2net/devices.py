@@ -37,8 +37,20 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads() -> int:
+    """The cores not busy with other work (1-minute load average). torch splits each step over all its threads
+    and waits for the slowest: asking for a core another process holds made `segment` 2x slower on 2 busy cores
+    here (up to 10-40x in the issue's report), while on a quiet machine every core helps."""
+    cores = available_cores()
+    try:
+        busy = round(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        busy = 0
+    return max(1, cores - busy)
+
+
 def configure_threads(threads: int | None = None) -> int:
-    threads = threads or available_cores()
+    threads = threads or default_threads()
     torch.set_num_threads(threads)
     return threads
 

@@ -16,8 +16,11 @@ import numpy as np
 
 from . import __version__
 from .errors import UserInputError
+from .extras import require
 from .io import atomic_output
 from .segments import SEGMENTS, SegmentInfo
+
+log = logging.getLogger("liver_e2net")
 
 
 def terminology_codes(entry: str) -> dict[str, tuple[str, str, str] | None]:
@@ -35,7 +38,7 @@ def terminology_codes(entry: str) -> dict[str, tuple[str, str, str] | None]:
 
 def segment_descriptions(model_version: str, segments: Sequence[SegmentInfo] = SEGMENTS) -> list:
     """One highdicom SegmentDescription per segment: standard codes, colour, AI algorithm identification."""
-    import highdicom as hd
+    hd = require("highdicom", "DICOM SEG output (--format dicom-seg)")
     from pydicom.sr.codedict import codes
 
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -66,11 +69,17 @@ def segment_masks(label: np.ndarray) -> np.ndarray:
 
 
 def write_dicom_seg(
-    label: np.ndarray, source_files: Sequence[str], path: str | Path, model_version: str
+    label: np.ndarray,
+    source_files: Sequence[str],
+    path: str | Path,
+    model_version: str,
+    warnings: list[str] | None = None,
 ) -> Path:
-    """`label` [z, y, x] on the grid of the series read from `source_files` in this order (slice k = file k)."""
-    import highdicom as hd
+    """`label` [z, y, x] on the grid of the series read from `source_files` in this order (slice k = file k).
+    What the SEG had to make up (a FrameOfReferenceUID) is appended to `warnings`, for the case's report."""
     import pydicom
+
+    hd = require("highdicom", "DICOM SEG output (--format dicom-seg)")
 
     logging.getLogger("highdicom").setLevel(logging.WARNING)  # it logs every attribute it copies at INFO
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
@@ -79,10 +88,46 @@ def write_dicom_seg(
             f"label map {label.shape} does not match the {len(sources)} DICOM images "
             f"of {sources[0].Rows}x{sources[0].Columns} it should reference"
         )
+    note = _ensure_frame_of_reference(sources, Path(source_files[0]).parent)
+    if note and warnings is not None:
+        warnings.append(note)
     masks = segment_masks(label)
     present = [i for i in range(masks.shape[-1]) if masks[..., i].any()] or [0]  # an empty SEG keeps 'Liver'
+    try:
+        segmentation = _segmentation(hd, sources, label, masks, present, model_version)
+    except (ValueError, TypeError, AttributeError, KeyError) as error:  # highdicom's refusals of the sources
+        raise UserInputError(
+            f"cannot make a DICOM SEG for the series in {Path(source_files[0]).parent}: {error}; "
+            "write the label map in another format (nifti, nrrd, seg.nrrd)"
+        ) from error
+    with atomic_output(path, suffix=".dcm") as temporary:
+        segmentation.save_as(temporary)
+    return Path(path)
+
+
+def _ensure_frame_of_reference(sources: list, folder: Path) -> str:
+    """Older exports (3D-IRCADb among them) have no FrameOfReferenceUID, which a SEG must carry: the series gets
+    a new one (in memory only), shared by the SEG; viewers match the SEG to the CT by the referenced image UIDs."""
+    import pydicom
+
+    if all("FrameOfReferenceUID" in source for source in sources):
+        return ""
+    uid = pydicom.uid.generate_uid()
+    for source in sources:
+        source.FrameOfReferenceUID = source.get("FrameOfReferenceUID") or uid
+    note = (
+        f"the DICOM series in {folder} has no FrameOfReferenceUID (an older export); "
+        f"the DICOM SEG was given a new one, {uid}"
+    )
+    log.warning("warning: %s", note)
+    return note
+
+
+def _segmentation(
+    hd, sources: list, label: np.ndarray, masks: np.ndarray, present: list[int], model_version: str
+):
     series_number = int(sources[0].get("SeriesNumber", 0) or 0) + 1000
-    segmentation = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=masks[..., present],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -100,6 +145,3 @@ def write_dicom_seg(
         series_description="Liver E2Net segmentation",
         omit_empty_frames=bool(label.any()),
     )
-    with atomic_output(path, suffix=".dcm") as temporary:
-        segmentation.save_as(temporary)
-    return Path(path)

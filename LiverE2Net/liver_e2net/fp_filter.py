@@ -17,6 +17,8 @@ import torch
 from scipy import ndimage
 
 from .errors import UserInputError
+from .extras import require
+from .protocol import FP_FILTER_MODES
 
 FEATURE_NAMES = (
     "volume_ml",
@@ -36,7 +38,6 @@ FEATURE_NAMES = (
     "std_boundary_distance_mm",
 )
 FILTER_FORMAT_VERSION = 1
-FP_FILTER_MODES = ("auto", "on", "off")
 TREE_ARRAYS = {  # payload key -> dtype of the (trees, nodes) array
     "children_left": torch.int32,
     "children_right": torch.int32,
@@ -352,7 +353,7 @@ def fit_filter(
 ) -> tuple[TreeEnsemble, dict[str, float]]:
     """A random forest (Chlebus et al.: 256 trees; classes balanced, since false positives usually dominate),
     exported to arrays, and its out-of-bag accuracy (plain and balanced over the two classes)."""
-    from sklearn.ensemble import RandomForestClassifier
+    RandomForestClassifier = require("sklearn.ensemble", "training a false-positive filter").RandomForestClassifier
 
     is_true = np.asarray(is_true, dtype=bool)
     counts = {"true": int(is_true.sum()), "false": int((~is_true).sum())}

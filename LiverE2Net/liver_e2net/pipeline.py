@@ -24,6 +24,7 @@ from .postprocessing import compose_label, largest_component
 from .preprocessing import (
     Box,
     bounding_box,
+    box_on_input_grid,
     context_stack,
     from_network_frame,
     normalize_hu,
@@ -32,10 +33,10 @@ from .preprocessing import (
     to_network_frame,
 )
 from .progress import Reporter, null_reporter
+from .protocol import TTA_MODES
 
 # Share of the progress bar each step takes (stage 2 runs the larger network on most slices).
 PROGRESS_SPAN = {"stage1": (0.05, 0.35), "stage2": (0.35, 0.9)}
-TTA_MODES = ("none", "flip", "multiscale", "flip+multiscale")
 DEFAULT_TTA_SCALES = (0.875, 1.0, 1.125)
 STRIDE = 32  # the networks downsample by 32: inputs must be multiples of it
 
@@ -65,6 +66,18 @@ class TestTimeAugmentation:
         return sizes
 
 
+def flip_warning(checkpoint: Checkpoint) -> str | None:
+    """Why flip TTA may hurt this model: one trained without left-right flips never saw mirrored anatomy (the
+    liver on the patient's left), and averaging its mirrored guess in shrank the liver by 11 % on a real CT."""
+    augment = checkpoint.metadata.get("train_config", {}).get("augment", {})
+    if augment.get("flip_lr"):
+        return None
+    return (
+        "this model was not trained with left-right flips, so flip test-time augmentation can make it worse; "
+        "use --tta multiscale (the panel's Accuracy: Best) or none"
+    )
+
+
 @dataclass
 class SegmentationResult:
     label: np.ndarray  # [z, y, x] uint8 {0 background, 1 liver, 2 tumor} on the input grid
@@ -72,6 +85,7 @@ class SegmentationResult:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     rejected_candidates: int | None = None  # tumors removed by the false-positive filter; None: no filter
+    probability_box: tuple[slice, ...] | None = None  # [z, y, x] slices outside which the probabilities are 0
 
 
 class Segmenter:
@@ -107,6 +121,7 @@ class Segmenter:
         self.autocast = autocast_dtype(self.device)
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
         self.tta = tta
+        self.flip_warning = flip_warning(self.checkpoint) if tta.flip else None
         self.stage2_sizes = tta.sizes(self.config.preprocessing.stage2_size)
 
     @torch.inference_mode()
@@ -124,9 +139,10 @@ class Segmenter:
         progress("stage1", PROGRESS_SPAN["stage1"][0], "coarse liver")
         box = self._stage1(volume, progress)
         seconds["stage1"] = time.perf_counter() - start
-        warnings = []
+        warnings = [self.flip_warning] if self.flip_warning else []
         rejected = 0 if tumors and self.fp_filter is not None else None
-        probability_map = np.zeros((2, *volume.array.shape), np.float32) if probabilities else None
+        probability_map = input_grid_zeros(record, 2) if probabilities else None
+        probability_box = None
         if box is None:
             warnings.append("no liver found in this CT: the liver segment is empty")
             label = np.zeros(volume.array.shape, np.uint8)
@@ -150,14 +166,14 @@ class Segmenter:
                 )
             if not label.any():
                 warnings.append("no liver found in this CT: the liver segment is empty")
-            if probability_map is not None:
-                probability_map[(slice(None), *box.slices)] = box_probabilities
+            if probability_map is not None:  # written in the box only: the rest stays untouched zero pages
+                probability_box, box_probabilities = box_on_input_grid(box_probabilities, box, volume, record)
+                probability_map[(slice(None), *probability_box)] = box_probabilities
+            del box_probabilities
             seconds["postprocess"] = time.perf_counter() - mark
         label = from_network_frame(label, volume, record)
-        if probability_map is not None:
-            probability_map = np.stack([from_network_frame(p, volume, record) for p in probability_map])
         seconds["total"] = time.perf_counter() - start
-        return SegmentationResult(label, probability_map, seconds, warnings, rejected)
+        return SegmentationResult(label, probability_map, seconds, warnings, rejected, probability_box)
 
     def _run(self, network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.contiguous(memory_format=torch.channels_last)
@@ -225,6 +241,12 @@ class Segmenter:
             result[:, start:stop] = probabilities.transpose(0, 1).cpu().numpy()
             progress("stage2", _span("stage2", stop / depth), f"slice {stop}/{depth}")
         return result
+
+
+def input_grid_zeros(record, channels: int) -> np.ndarray:
+    """A float32 [channels, z, y, x] zero map on the input grid; np.zeros maps pages lazily, so only the voxels
+    written (the liver box) take memory until the map is read."""
+    return np.zeros((channels, *record.reference.GetSize()[::-1]), np.float32)
 
 
 def _span(stage: str, fraction: float) -> float:

@@ -8,6 +8,18 @@ from scipy import ndimage
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
+def mask_bounds(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a mask's True voxels as slices (None if empty), found with one bool array per
+    axis: box-sized component labelling then costs box-sized memory, not 12 bytes per voxel of the volume."""
+    bounds = []
+    for axis in range(mask.ndim):
+        hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if not hits.size:
+            return None
+        bounds.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(bounds)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     labelled, count = ndimage.label(mask, structure=STRUCTURE_26)
     if count <= 1:

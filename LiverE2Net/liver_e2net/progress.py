@@ -1,7 +1,7 @@
 """Progress reporting: a tqdm bar on a terminal, or JSON lines on stdout for the Slicer panel.
 
-Protocol (one object per line, stdout): {"stage": str, "fraction": float in [0, 1] overall, "message": str,
-...extra fields}. Logs and errors go to stderr, so stdout stays machine-readable.
+Protocol (one object per line, stdout): `protocol.progress_record` - {"stage": str, "fraction": float in [0, 1]
+overall, "message": str, ...extra fields}. Logs and errors go to stderr, so stdout stays machine-readable.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 import sys
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from .protocol import PROGRESS_MODES, progress_record
 
 ProgressCallback = Callable[[str, float, str], None]
 
@@ -27,8 +29,7 @@ class JsonlReporter:
         self.stream = stream or sys.stdout
 
     def __call__(self, stage: str, fraction: float, message: str = "", **extra: Any) -> None:
-        record = {"stage": stage, "fraction": round(float(fraction), 4), "message": message, **extra}
-        self.stream.write(json.dumps(record) + "\n")
+        self.stream.write(json.dumps(progress_record(stage, fraction, message, **extra)) + "\n")
         self.stream.flush()
 
 
@@ -66,6 +67,6 @@ def add_progress_argument(parser) -> None:
     parser.add_argument(
         "--progress",
         default="auto",
-        choices=["auto", "bar", "jsonl", "none"],
+        choices=PROGRESS_MODES,
         help="progress bar (terminal), JSON lines on stdout (for the Slicer panel) or nothing",
     )

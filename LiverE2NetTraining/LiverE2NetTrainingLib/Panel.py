@@ -12,12 +12,14 @@ from pathlib import Path
 import slicer
 import vtk
 from liver_e2net.errors import UserInputError
-from LiverE2NetLib.Models import Device, gpuStatus
+from LiverE2NetLib.Dependencies import DependencyInstaller, coreRequirements, plotRequirements
+from LiverE2NetLib.Models import Device, forgetModelInfo, gpuStatus
+from LiverE2NetLib.RunState import CANCELLING, IDLE, RUNNING, RunButton
 from slicer.util import VTKObservationMixin
 
 from .Pairs import TrainingPair
 from .Plot import plotAvailable, renderHistory
-from .Run import FAILED, RUNNING, STOPPING, TrainingSettings, bundledModel, canResume
+from .Run import FAILED, STOPPING, TrainingSettings, bundledModel, canResume
 
 ERROR_STYLE = "color: #c62828"
 COLUMNS = ("Pair", "Slices", "Tumor", "Liver segment", "Tumor segment", "Status")
@@ -54,6 +56,10 @@ class TrainingPanel(VTKObservationMixin):
         self.runtimeOptions: dict = {}  # extra TrainingSettings fields (steps per epoch, threads, cache) for tests
         self.chooseFolder, self.chooseSceneFile = chooseFolderDialog, chooseSceneFileDialog
         self.askReplaceRun = askReplaceRunDialog
+        self.runButton = RunButton(ui.startButton, "Start training", "Stop after the current step; the best model so "
+                                   "far is kept.", runningText="Stop", cancellingText="Stopping...")
+        self.dependencies = DependencyInstaller([*coreRequirements(), *plotRequirements()],
+                                                onInstalled=self.onDependenciesInstalled)
         self._parameterNode = None
         self._plottedEpochs = -1
         ui.addFromSceneButton.clicked.connect(self.onAddFromScene)
@@ -65,8 +71,16 @@ class TrainingPanel(VTKObservationMixin):
         ui.resumeButton.clicked.connect(self.onResumeButton)
         ui.pairsTable.setHorizontalHeaderLabels(list(COLUMNS))
         ui.progressBar.setVisible(False)
+        self.showPlotNote()
+
+    def showPlotNote(self) -> None:
         available, reason = plotAvailable()
-        ui.plotLabel.setText("" if available else reason)
+        self.ui.plotLabel.setText("" if available else reason)
+
+    def onDependenciesInstalled(self) -> None:
+        forgetModelInfo()
+        self.refreshDevices()
+        self.showPlotNote()
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -200,6 +214,8 @@ class TrainingPanel(VTKObservationMixin):
         if self.isRunning():
             self.run.stop()
             return
+        if not self.dependencies.readyFor(self.showStatus):
+            return
         settings = self.settings()
         try:
             settings.check()
@@ -213,6 +229,8 @@ class TrainingPanel(VTKObservationMixin):
                                                         replace=bool(conflict)))
 
     def onResumeButton(self) -> None:
+        if not self.dependencies.readyFor(self.showStatus):
+            return
         settings = self.settings()
         self._startRun(lambda: self.logic.resumeTraining(settings, self.onRunUpdate, self.onRunFinished))
 
@@ -282,10 +300,8 @@ class TrainingPanel(VTKObservationMixin):
             widget.setEnabled(not running)
         canStart, reason = (False, "Add at least 2 usable pairs (one trains, one validates).") if usable < 2 else \
             (bool(self._parameterNode), "Export the pairs and train in a child process; Slicer stays usable.")
-        self.ui.startButton.setText("Stopping..." if stopping else "Stop" if running else "Start training")
-        self.ui.startButton.setEnabled(self.run.state == RUNNING if running else canStart)
-        self.ui.startButton.setToolTip("Stop after the current step; the best model so far is kept." if running
-                                       else reason)
+        self.runButton.state = CANCELLING if stopping else RUNNING if running else IDLE  # the run decides
+        self.runButton.show(canStart, reason)
         self.ui.resumeButton.setEnabled(not running and bool(self._parameterNode) and
                                         canResume(self._runFolder()))
         self._updateStartFrom()

@@ -15,7 +15,7 @@ def plotAvailable() -> tuple[bool, str]:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        return False, "Install matplotlib to see the live plot: slicer.util.pip_install('matplotlib')"
+        return False, "The live plot needs matplotlib: Start training offers to install it."
     return True, ""
 
 

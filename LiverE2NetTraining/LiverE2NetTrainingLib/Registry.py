@@ -9,17 +9,16 @@ import tempfile
 from pathlib import Path
 
 from liver_e2net.errors import UserInputError
-from LiverE2NetLib.Models import userModelFolder
-
-RUN_LOG = "train.log"
+from liver_e2net.protocol import TRAIN_LOG as RUN_LOG
+from LiverE2NetLib.Models import childInfo, userModelFolder
 
 
 def registerModel(path: str | Path, name: str | None = None, modelFolder: str | Path | None = None) -> Path:
     """Copies a checkpoint into the model folder (checked first: an unreadable file is refused); returns the copy."""
-    from liver_e2net.checkpoint import load_checkpoint
-
     source = Path(path)
-    load_checkpoint(source)  # raises UserInputError with the reason for anything but a Liver E2Net checkpoint
+    answer = childInfo([source])[0]  # `liver-e2net info` reads it in a child: its reason if it cannot
+    if not isinstance(answer, dict):
+        raise UserInputError(answer)
     folder = Path(modelFolder) if modelFolder else userModelFolder()
     target = folder / f"{name or source.parent.name}.pt"
     try:

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from liver_e2net import protocol
 from liver_e2net.errors import UserInputError
+from liver_e2net.protocol import BEST_MODEL, METRICS, TRAINER_STATE
 from LiverE2NetLib.ChildProcess import ProcessResult, QtProcess, childEnvironment, pythonExecutable
 from LiverE2NetLib.Models import Device
 
 RUNNING, STOPPING, FINISHED, STOPPED, FAILED = "running", "stopping", "finished", "stopped", "failed"
-BEST, STATE, METRICS, CONSOLE_LOG = "best.pt", "trainer_state.pt", "metrics.jsonl", "console.log"
+BEST, STATE, CONSOLE_LOG = BEST_MODEL, TRAINER_STATE, "console.log"  # the child writes all but console.log
 DATA_FOLDER = "trainingData"
 STOP_GRACE_MS = 120_000  # a stop waits for the current step (and its checkpoint); then the process tree is killed
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -61,9 +63,7 @@ class TrainingSettings:
 
 
 def bundledModel() -> Path | None:
-    from liver_e2net.checkpoint import default_model_path
-
-    path = default_model_path()
+    path = protocol.default_model_path()
     return path if path and path.is_file() else None
 
 
@@ -131,20 +131,12 @@ class TrainingProcess(QtProcess):
     """The segmentation module's QProcess runner plus a graceful stop: SIGINT makes the trainer finish the current
     step and write last.pt. PythonSlicer is a launcher, so the signal goes to the Python it started."""
 
-    def processId(self) -> int:
-        """0 unless the child runs: a signal to pid 0 would reach Slicer's own process group."""
-        if not self.isRunning():
-            return 0
-        if self._process.state() == self._qt.QProcess.Starting:
-            self._process.waitForStarted(5000)  # Stop clicked right after Start: milliseconds, not a wait on training
-        return int(self._process.processId())
-
     def interrupt(self) -> bool:
         """False where a signal cannot be sent (Windows, or no child yet): the caller then kills the tree."""
         pid = self.processId()
         if os.name == "nt" or pid <= 0:
             return False
-        launcher = Path(self._process.program()).name.startswith("PythonSlicer")
+        launcher = Path(self.program()).name.startswith("PythonSlicer")
         for target in (childProcessIds(pid) if launcher else []) or [pid]:
             try:
                 os.kill(target, signal.SIGINT)

@@ -131,6 +131,8 @@ def _case_reporter(progress: Reporter, index: int, total: int, name: str, extra:
             (index + fraction) / total,
             f"[{index + 1}/{total}] {name}: {message}",
             case=name,
+            index=index + 1,  # the case in work (1-based): readers take it from here, not from the message
+            total=total,
             **extra,
             **more,
         )

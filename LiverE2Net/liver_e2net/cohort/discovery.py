@@ -10,14 +10,13 @@ import csv
 import fnmatch
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..protocol import OUTPUT_SUFFIXES, VOLUME_SUFFIXES
 from .dicom_tree import Rejected, group_series, is_dicom_file, safe_name
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-OUTPUT_SUFFIXES = (".seg.nrrd",)  # segmentations, never CTs: left out of folder walks
 CSV_PATH_COLUMNS = ("path", "image", "ct", "input", "file")
 CSV_NAME_COLUMNS = ("case", "name", "id", "case_id")
 
@@ -32,6 +31,7 @@ class Case:
     files: tuple[str, ...]
     series_uid: str = ""
     problem: str = ""
+    notes: tuple[str, ...] = ()  # what reading leaves out of the series (a localizer): recorded in case.json
 
     @property
     def is_dicom(self) -> bool:
@@ -89,7 +89,7 @@ def discover(inputs: list[str], pattern: str = "*", exclude: Path | None = None)
         )
     series, skipped = group_series(list(dict.fromkeys(dicom_files)))
     cases = [Case(name or volume_name(path), path, (path,)) for path, name in unique_volumes] + problems
-    cases += [Case(s.name, s.folder, s.files, s.uid, s.problem) for s in series]
+    cases += [Case(s.name, s.folder, s.files, s.uid, s.problem, s.notes) for s in series]
     cases, renames = unique_names(cases)
     return Discovery(tuple(cases), tuple(skipped), tuple(ignored), tuple(notes + renames))
 
@@ -189,7 +189,7 @@ def unique_names(cases: list[Case]) -> tuple[list[Case], list[str]]:
             while candidate.lower() in taken:
                 candidate, number = f"{base}_{number}", number + 1
             taken.add(candidate.lower())
-            renamed[index] = Case(candidate, case.source, case.files, case.series_uid, case.problem)
+            renamed[index] = replace(case, name=candidate)
             changes.append(f"{candidate} ({case.source})")
         notes.append(
             f"{len(indices)} inputs are named '{cases[indices[0]].name}': renamed to " + ", ".join(changes)

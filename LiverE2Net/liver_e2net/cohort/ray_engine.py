@@ -13,7 +13,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserInputError
+from ..extras import require
 from ..progress import Reporter, null_reporter
 from .discovery import Case
 from .runner import BatchOptions, run_case
@@ -69,13 +69,8 @@ def run_on_ray(
 ) -> list[dict[str, Any]]:
     if not cases:
         return []
-    try:
-        import ray
-        from ray.util import ActorPool
-    except ImportError as error:
-        raise UserInputError(
-            "--engine ray needs Ray: pip install ray (or run locally / with torchrun)"
-        ) from error
+    ray = require("ray", "--engine ray (else run locally or with torchrun)")
+    from ray.util import ActorPool
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True, log_to_driver=False)
     try:
         count, gpus, per_actor = worker_layout(ray.cluster_resources(), workers, threads)

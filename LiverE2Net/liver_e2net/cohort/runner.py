@@ -15,35 +15,33 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import SimpleITK as sitk
 import torch
 
 from .. import __version__
-from ..commands.segment import model_summary, write_probabilities
-from ..dicom_seg import write_dicom_seg
 from ..errors import UserInputError
 from ..fp_filter import TREE_ARRAYS
-from ..io import atomic_output, check_ct_values, read_ct, write_labelmap
+from ..io import atomic_output, read_ct, read_ct_series
+from ..outputs import (
+    OutputSet,
+    OutputTargets,
+    check_numbers,
+    model_summary,
+    report_fields,
+    sha256,
+    write_case_outputs,
+)
+from ..pipeline import DEFAULT_TTA_SCALES
 from ..progress import Reporter, null_reporter
-from ..report import case_report
-from ..surfaces import export_segment_surfaces
+from ..protocol import CASE_RECORD, LABEL_FILES, PREVIEW_FILE, PROBABILITY_FILE
 from .discovery import Case
 
 log = logging.getLogger("liver_e2net")
 
 RECORD_VERSION = 1
-CASE_JSON = "case.json"
-LABEL_FILES = {
-    "nifti": "label.nii.gz",
-    "nrrd": "label.nrrd",
-    "seg.nrrd": "label.seg.nrrd",
-    "mha": "label.mha",
-    "dicom-seg": "seg.dcm",
-}
-PROBABILITY_FILE = "probabilities.nii.gz"
+CASE_JSON = CASE_RECORD
 MIN_FREE_BYTES = 100 * 2**20  # below this a case is not started: it would fail at the write, after the work
 
 
@@ -58,6 +56,8 @@ class BatchOptions:
     stl: bool = False
     smoothing: float = 1.0
     tta: str = "none"  # test-time augmentation mode of `segment --tta`
+    tta_scales: tuple[float, ...] = DEFAULT_TTA_SCALES  # used by --tta multiscale
+    preview: bool = False  # the review PNG in the case folder
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in LABEL_FILES]
@@ -65,14 +65,13 @@ class BatchOptions:
             raise UserInputError(
                 f"unknown --format {', '.join(unknown) or '(none)'}; choose from {', '.join(LABEL_FILES)}"
             )
-        if self.min_lesion_ml < 0 or self.smoothing < 0:
-            raise UserInputError("--min-lesion-ml and --smoothing must be >= 0")
+        check_numbers(tta_scales=self.tta_scales, smoothing=self.smoothing, min_lesion_ml=self.min_lesion_ml)
         self.test_time_augmentation()  # refuses an unknown mode
 
     def test_time_augmentation(self):
         from ..pipeline import TestTimeAugmentation
 
-        return TestTimeAugmentation.from_mode(self.tta)
+        return TestTimeAugmentation.from_mode(self.tta, self.tta_scales)
 
 
 def model_fingerprint(checkpoint) -> str:
@@ -94,10 +93,7 @@ def model_fingerprint(checkpoint) -> str:
 
 def model_info(checkpoint) -> dict[str, Any]:
     """What `segment --report` says about the model, plus the fingerprint that resume and --force check."""
-    summary = model_summary(
-        SimpleNamespace(checkpoint=checkpoint)
-    )  # it reads only the segmenter's checkpoint
-    return {**summary, "fingerprint": model_fingerprint(checkpoint)}
+    return {**model_summary(checkpoint), "fingerprint": model_fingerprint(checkpoint)}
 
 
 def source_signature(case: Case) -> dict[str, Any]:
@@ -110,14 +106,6 @@ def source_signature(case: Case) -> dict[str, Any]:
         "bytes": sum(s.st_size for s in stats),
         "mtime_ns": max((s.st_mtime_ns for s in stats), default=0),
     }
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_record(folder: Path) -> dict[str, Any] | None:
@@ -157,21 +145,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_case(case: Case) -> sitk.Image:
-    """The CT of a case, refused like `segment` refuses it (2D, RGB, constant, not HU)."""
+    """The CT of a case, read and refused as `segment` reads and refuses it (io.read_ct, io.read_ct_series)."""
     if case.problem:
         raise UserInputError(case.problem)
-    if not case.is_dicom:
-        return read_ct(case.files[0])
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(list(case.files))
-    try:
-        image = reader.Execute()
-    except RuntimeError as error:
-        raise UserInputError(
-            f"cannot read the DICOM series {case.source}: {str(error).strip().splitlines()[-1]}"
-        ) from error
-    check_ct_values(sitk.GetArrayViewFromImage(image), case.source)
-    return image
+    return read_ct_series(case.files, case.source, case.notes) if case.is_dicom else read_ct(case.files[0])
 
 
 def slice_count(case: Case) -> int:
@@ -230,23 +207,20 @@ def run_case(
             min_lesion_ml=options.min_lesion_ml,
             progress=progress,
         )
-        seconds.update(result.seconds)
-        mark = time.perf_counter()
+        result.seconds = {
+            **seconds,
+            **result.seconds,
+            "case": time.perf_counter() - start,
+        }  # before the write
         progress("write", 0.92, "writing")
-        outputs = write_outputs(case, result, ct, folder, options, model)
-        seconds["write"] = time.perf_counter() - mark
-        summary = case_report(result.label, ct)
-        seconds["case"] = time.perf_counter() - start
-        record |= {
-            "status": "done",
-            **summary,
-            "lesion_count": len(summary["lesions"]),
-            "seconds": {k: round(v, 3) for k, v in seconds.items()},
-            "warnings": result.warnings,
-            "device": str(segmenter.device),
-            "threads": segmenter.threads,
-            "outputs": {key: _file_entry(folder, path) for key, path in outputs.items()},
-        }
+        done = (
+            record
+            | report_fields(case.source, segmenter, result, ct, options.tta, model)
+            | {"status": "done"}
+        )
+        done["lesion_count"] = len(done["lesions"])
+        done["outputs"] = write_outputs(case, result, ct, folder, options, done)
+        return done
     except Exception as error:  # one bad case never stops the batch: it is recorded and the batch goes on
         message = str(error) if isinstance(error, UserInputError) else f"{type(error).__name__}: {error}"
         log.debug("case %s failed:\n%s", case.name, traceback.format_exc())
@@ -286,26 +260,18 @@ def check_free_space(outdir: Path) -> None:
 
 
 def write_outputs(
-    case: Case, result, ct: sitk.Image, folder: Path, options: BatchOptions, model: dict[str, Any]
-) -> dict[str, Path]:
-    outputs = {}
-    for kind in options.formats:
-        path = folder / LABEL_FILES[kind]
-        if kind == "dicom-seg":
-            write_dicom_seg(
-                result.label, case.files, path, f"{model.get('name') or 'model'} {model['fingerprint']}"
-            )
-        else:
-            write_labelmap(result.label, ct, path)
-        outputs[kind] = path
-    if options.probabilities:
-        outputs["probabilities"] = folder / PROBABILITY_FILE
-        write_probabilities(result.probabilities, ct, str(outputs["probabilities"]))
-    if options.stl:
-        for path in export_segment_surfaces(result.label, ct, folder / "stl", options.smoothing):
-            outputs[f"stl/{path.name}"] = path
-    return outputs
-
-
-def _file_entry(folder: Path, path: Path) -> dict[str, Any]:
-    return {"path": path.relative_to(folder).as_posix(), "bytes": path.stat().st_size, "sha256": sha256(path)}
+    case: Case, result, ct: sitk.Image, folder: Path, options: BatchOptions, record: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Every output of the case and case.json (the report, listing them) as one all-or-nothing set."""
+    targets = OutputTargets(
+        {kind: folder / LABEL_FILES[kind] for kind in options.formats},
+        probabilities=folder / PROBABILITY_FILE if options.probabilities else None,
+        stl=folder / "stl" if options.stl else None,
+        report=folder / CASE_JSON,
+        preview=folder / PREVIEW_FILE if options.preview else None,
+        smoothing=options.smoothing,
+        base=folder,
+    )
+    name = f"{record['model'].get('name') or 'model'} {record['model']['fingerprint']}"
+    with OutputSet(targets.files().values()) as outputs:
+        return write_case_outputs(outputs, targets, result, ct, record, dicom=(list(case.files), name))

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ..devices import available_cores
+from ..devices import default_threads
 
 T = TypeVar("T")
 GROUP_TIMEOUT = datetime.timedelta(days=7)  # rank 0 waits at the gather for the slowest rank's whole share
@@ -71,8 +71,10 @@ def rank_device(requested: str, shard: Shard) -> str:
 
 
 def rank_threads(requested: int | None, shard: Shard) -> int:
-    """The machine's cores divided among its processes, so N processes never oversubscribe the CPU."""
-    return requested or max(1, available_cores() // shard.local_world)
+    """The cores not busy with other work (as `segment` picks them) divided among this machine's processes, so
+    N processes never oversubscribe the CPU. The ranks start together, before their own load shows in the load
+    average, so the division is still needed."""
+    return requested or max(1, default_threads() // shard.local_world)
 
 
 @contextmanager

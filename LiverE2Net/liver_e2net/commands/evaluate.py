@@ -9,6 +9,8 @@ from pathlib import Path
 
 from .. import evaluation
 from ..errors import UserInputError
+from ..nifti_integrity import nifti_problem
+from ..outputs import OutputSet
 from .segment import add_fp_filter_argument
 
 log = logging.getLogger(__name__)
@@ -55,12 +57,30 @@ def run(args: argparse.Namespace) -> int:
         cases = evaluation.pair_folders(args.pred, args.ref)  # first: a missing --pred folder is not created
         evaluation.check_geometry(cases)
         output = writable_folder(args.output or args.pred)
+    refuse_damaged(cases)
     result = evaluation.evaluate_cases(evaluation.load_case(case) for case in cases)
     print(evaluation.format_table(result))
-    evaluation.write_csv(result, output / "evaluation.csv")
-    evaluation.write_json(result, output / "evaluation.json")
+    write_evaluation(result, output)
     log.info("wrote %s and %s", output / "evaluation.csv", output / "evaluation.json")
     return 0
+
+
+def refuse_damaged(cases: list[evaluation.CaseFiles]) -> None:
+    """A cut-short NIfTI reads as zeros past the cut: it would be scored (badly) instead of refused."""
+    for case in cases:
+        for path in (case.prediction, case.reference, case.ct):
+            problem = nifti_problem(path) if path else ""
+            if problem:
+                raise UserInputError(problem)
+
+
+def write_evaluation(result: evaluation.EvaluationResult, output: Path) -> None:
+    """evaluation.csv and .json together, complete or not at all (never an empty table after a full disk)."""
+    csv, report = output / "evaluation.csv", output / "evaluation.json"
+    with OutputSet([csv, report]) as outputs:
+        outputs.write(csv, lambda temporary: evaluation.write_csv(result, temporary))
+        outputs.write(report, lambda temporary: evaluation.write_json(result, temporary), "json")
+        outputs.commit()
 
 
 def writable_folder(folder: Path) -> Path:

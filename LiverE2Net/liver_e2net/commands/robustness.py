@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..extras import require
 from ..progress import add_progress_argument
 
 
@@ -57,9 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def plot(rows, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    require("matplotlib", "the robustness figure").use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = [row.diameter_mm for row in rows]

@@ -19,12 +19,13 @@ from ..cohort.sharding import Shard, barrier, gather_to_rank0, process_group, ra
 from ..cohort.table import summary_text, write_table
 from ..errors import UserInputError
 from ..fp_filter import choose_filter
-from ..pipeline import TTA_MODES, Segmenter
-from ..progress import add_progress_argument, make_reporter
-from .segment import add_fp_filter_argument
+from ..pipeline import Segmenter
+from ..progress import make_reporter
+from ..protocol import COHORT_TABLE, PREVIEW_FILE
+from .segment import add_segmenter_arguments, check_segmenter_arguments
 
 log = logging.getLogger("liver_e2net")
-TABLE = "cohort.csv"
+TABLE = COHORT_TABLE
 
 
 def register(subparsers) -> None:
@@ -51,31 +52,7 @@ def register(subparsers) -> None:
         choices=list(LABEL_FILES),
         help="label map formats (default nifti); dicom-seg needs DICOM input",
     )
-    parser.add_argument("--model", help="checkpoint (.pt); default: the bundled model")
-    parser.add_argument(
-        "--device", default="auto", help="auto (default: GPU of this rank if any), cpu, cuda[:N]"
-    )
-    parser.add_argument(
-        "--threads", type=int, help="CPU threads per process (default: cores / processes here)"
-    )
-    parser.add_argument("--no-tumors", dest="tumors", action="store_false", help="liver only")
-    parser.add_argument(
-        "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
-    )
-    add_fp_filter_argument(parser)
-    parser.add_argument(
-        "--tta",
-        default="none",
-        choices=TTA_MODES,
-        help="test-time augmentation of stage 2, as for segment (default none; flip+multiscale ~6x slower)",
-    )
-    parser.add_argument("--stl", action="store_true", help="also write closed STL surfaces (LPS mm) per case")
-    parser.add_argument(
-        "--smoothing", type=float, default=1.0, help="STL surface smoothing in mm (default 1.0)"
-    )
-    parser.add_argument(
-        "--probabilities", action="store_true", help="also write liver/tumor probability maps"
-    )
+    add_segmenter_arguments(parser, "<case>/stl/", "<case>/probabilities.nii.gz", f"<case>/{PREVIEW_FILE}")
     parser.add_argument(
         "--pattern", default="*", help="file-name pattern for volumes found in folders (e.g. '*_ct.nii.gz')"
     )
@@ -84,7 +61,6 @@ def register(subparsers) -> None:
         action="store_true",
         help="allow a model other than the one of earlier outputs in OUTDIR (recomputes those cases)",
     )
-    add_progress_argument(parser)
     parser.add_argument(
         "--engine",
         default="local",
@@ -104,17 +80,21 @@ def run(args: argparse.Namespace) -> int:
     shard = Shard.from_env(os.environ)
     if args.engine == "ray" and shard.distributed:
         raise UserInputError("--engine ray under torchrun: use one engine, not both")
+    check_segmenter_arguments(args)
     options = BatchOptions(
         tuple(dict.fromkeys(args.formats)),
         args.tumors,
         args.min_lesion_ml,
-        args.probabilities,
-        args.stl,
+        _case_output(args.probabilities, "--probabilities"),
+        _case_output(args.stl, "--stl"),
         args.smoothing,
         args.tta,
+        tuple(args.tta_scales),
+        _case_output(args.preview, "--preview"),
     )
     # The model before the batch folder: a refused model (or --fp-filter on without a filter) writes nothing.
     checkpoint = _checkpoint(args.model, args.fp_filter)
+    refuse_output_inside_inputs(Path(args.output), args.inputs)
     outdir = prepare_outdir(Path(args.output))
     discovery = discover(args.inputs, args.pattern, exclude=outdir)
     if not discovery.cases and not discovery.skipped:
@@ -175,6 +155,26 @@ def run(args: argparse.Namespace) -> int:
             args, merge_rows(discovery, outdir, work.reusable, records), records, elapsed, outdir, progress
         )
     return 0
+
+
+def _case_output(value: str | bool | None, option: str) -> bool:
+    """A batch writes each output into its case folder: the option takes no path here."""
+    if value not in (None, True):
+        raise UserInputError(
+            f"{option} {value}: segment-batch writes this output into each case folder; give {option} alone"
+        )
+    return bool(value)
+
+
+def refuse_output_inside_inputs(outdir: Path, inputs: list[str]) -> None:
+    """OUTDIR equal to or inside an input folder would be walked as input, and its files taken for CTs."""
+    target = Path(os.path.realpath(outdir))
+    for source in inputs:
+        folder = Path(os.path.realpath(source))
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise UserInputError(
+                f"-o {outdir} is inside the input folder {source}; choose an output folder outside the inputs"
+            )
 
 
 def _checkpoint(path: str | None, fp_filter: str):

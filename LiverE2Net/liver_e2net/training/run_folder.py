@@ -15,9 +15,10 @@ from typing import Any
 import torch
 
 from ..errors import UserInputError
+from ..protocol import BEST_MODEL, LAST_MODEL, METRICS, TRAIN_LOG, TRAINER_STATE
 
 STATE_FORMAT = 1
-BEST, LAST, STATE, METRICS, LOG = "best.pt", "last.pt", "trainer_state.pt", "metrics.jsonl", "train.log"
+BEST, LAST, STATE, METRICS, LOG = BEST_MODEL, LAST_MODEL, TRAINER_STATE, METRICS, TRAIN_LOG
 
 
 def prepare(output: Path, resume: bool) -> None:
@@ -52,7 +53,17 @@ def read_state(output: str | Path) -> dict[str, Any]:
         raise UserInputError(
             f"{path} is not a trainer state of this liver-e2net version (format {STATE_FORMAT})"
         )
+    saved = state.get("torch_version")
+    if saved and _major_minor(saved) != _major_minor(torch.__version__):
+        raise UserInputError(
+            f"{path} was written by torch {saved}, this is torch {torch.__version__}: an exact resume needs the "
+            f"same torch; continue the weights in a new run with --init {Path(output) / LAST} -o NEW_FOLDER"
+        )
     return state
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split("+")[0].split(".")[:2])
 
 
 def write_state(output: Path, state: dict[str, Any]) -> None:
@@ -60,7 +71,7 @@ def write_state(output: Path, state: dict[str, Any]) -> None:
     handle, temporary = tempfile.mkstemp(dir=output, prefix=f".{STATE}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as stream:
-            torch.save({"format": STATE_FORMAT, **state}, stream)
+            torch.save({"format": STATE_FORMAT, "torch_version": str(torch.__version__), **state}, stream)
         os.replace(temporary, output / STATE)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
