@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
-import torch
 
 from .. import __version__
+from ..checkpoint import weights_fingerprint
 from ..errors import UserInputError
 from ..fp_filter import TREE_ARRAYS
 from ..io import atomic_output, read_ct, read_ct_series
@@ -79,10 +79,7 @@ def model_fingerprint(checkpoint) -> str:
     whatever its file name, and any retraining changes it."""
     digest = hashlib.sha256(json.dumps(checkpoint.config.to_dict(), sort_keys=True).encode())
     for state in (checkpoint.stage1, checkpoint.stage2):
-        for key in sorted(state):
-            tensor = state[key].detach().cpu().reshape(-1).contiguous()
-            digest.update(f"{key}:{tensor.dtype}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        digest.update(weights_fingerprint(state).encode())
     if getattr(checkpoint, "fp_filter", None) is not None:  # filtered output differs: it is another model
         payload = checkpoint.fp_filter.to_payload()
         digest.update(f"fp_filter:{payload['decision_threshold']}".encode())

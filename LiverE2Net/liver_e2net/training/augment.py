@@ -92,7 +92,7 @@ def simulate_phase(hu: np.ndarray, label: np.ndarray, phase: str, rng: np.random
         return hu
     median = float(np.median(hu[liver]))
     target = rng.uniform(*_LIVER_HU[phase])
-    vessels = (label >= 1) & (hu > median + VESSEL_MARGIN_HU) & (hu < 400)
+    vessels = liver & (hu > median + VESSEL_MARGIN_HU) & (hu < 400)  # a bright tumor stays a tumor
     tumor = label == 2
     change = np.zeros_like(hu)
     change[liver & ~vessels] = target - median
@@ -102,8 +102,7 @@ def simulate_phase(hu: np.ndarray, label: np.ndarray, phase: str, rng: np.random
     if tumor.any():
         hyper, hypo = _TUMOR_OFFSET_HU[phase]
         level = target + rng.uniform(*(hyper if rng.random() < 0.5 else hypo))
-        inside = tumor & ~vessels
-        change[inside] = level + (hu[inside] - float(np.median(hu[inside]))) * 0.7 - hu[inside]
+        change[tumor] = level + (hu[tumor] - float(np.median(hu[tumor]))) * 0.7 - hu[tumor]
     return hu + ndimage.gaussian_filter(change, (0, 0.7, 0.7))
 
 

@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
+from ..protocol import OUTPUT_SUFFIXES
+from ..protocol import VOLUME_SUFFIXES as CT_SUFFIXES
 
 log = logging.getLogger("liver_e2net.training")
 
-VOLUME_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = OUTPUT_SUFFIXES + CT_SUFFIXES  # a label may be a Slicer .seg.nrrd; longest suffix first
 NNUNET_CHANNEL = "_0000"  # nnU-Net names the (single) image channel NAME_0000.ext
 
 
