@@ -200,13 +200,17 @@ def test_export_model_keeps_the_filter_of_its_stage_2(tmp_path: Path, capsys) ->
     assert load_checkpoint(tmp_path / "half.pt").fp_filter is not None
 
 
-def test_the_bundled_model_carries_a_filter_for_its_own_weights() -> None:
+def test_the_bundled_model_shows_its_held_out_accuracy_and_any_filter_is_its_own() -> None:
+    """The description users read is the real held-out CT's accuracy; a filter, if shipped, fits the weights."""
     from liver_e2net.checkpoint import weights_fingerprint
 
     checkpoint = load_checkpoint(REPO / "Resources" / "Models" / "liver_e2net_lite.pt")
-    assert checkpoint.fp_filter is not None
-    assert checkpoint.fp_filter.model_fingerprint == weights_fingerprint(checkpoint.stage2)
-    assert checkpoint.fp_filter.feature_names == FEATURE_NAMES
+    (held_out,) = checkpoint.metadata["held_out"]
+    assert held_out["case"] == "case01" and "case01" not in checkpoint.metadata["training_cases"]
+    assert "held-out case01: liver Dice" in checkpoint.describe() and "val Dice" not in checkpoint.describe()
+    if checkpoint.fp_filter is not None:
+        assert checkpoint.fp_filter.model_fingerprint == weights_fingerprint(checkpoint.stage2)
+        assert checkpoint.fp_filter.feature_names == FEATURE_NAMES
 
 
 def test_segment_fp_filter_on_without_a_filter_writes_nothing(tmp_path: Path, capsys, model) -> None:

@@ -106,3 +106,19 @@ def test_tta_scales_below_the_network_stride_are_refused() -> None:
         )
     with pytest.raises(UserInputError, match="unknown --tta"):
         TestTimeAugmentation.from_mode("mirror")
+
+
+def test_a_tumor_brighter_than_any_liver_tumor_becomes_liver_and_others_stay() -> None:
+    """Contrast-filled vessels and renal cortex (median > 170 HU) are not tumors; a hyperdense HCC (130 HU) is."""
+    from liver_e2net.postprocessing import demote_bright_tumors
+
+    label = np.ones((6, 20, 20), np.uint8)
+    hu = np.full(label.shape, 100.0, np.float32)
+    label[1:3, 2:5, 2:5], hu[1:3, 2:5, 2:5] = 2, 230.0  # "tumor" on the kidney
+    label[3:5, 10:14, 10:14], hu[3:5, 10:14, 10:14] = 2, 130.0  # arterial-phase HCC
+    label[2, 15:18, 15:18], hu[2, 15:18, 15:18] = 2, 40.0  # hypodense metastasis
+    hu[2, 3, 3] = 900.0  # one bright voxel does not make the median
+    out = demote_bright_tumors(label, hu)
+    assert (out[1:3, 2:5, 2:5] == 1).all()
+    assert (out[3:5, 10:14, 10:14] == 2).all() and (out[2, 15:18, 15:18] == 2).all()
+    assert (label[1:3, 2:5, 2:5] == 2).all()  # the input is left as it was

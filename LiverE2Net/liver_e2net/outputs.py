@@ -388,7 +388,7 @@ def write_case_outputs(
     if targets.preview:
         from .preview import draw_preview
 
-        title = str((report or {}).get("input", ""))
+        title = Path(str((report or {}).get("input", ""))).name
         outputs.write(targets.preview, lambda temporary: draw_preview(ct, result.label, temporary, title))
     entries = {_key(targets, path): outputs.entry(path, targets.base) for path in outputs.staged}
     if targets.report:

@@ -54,3 +54,23 @@ def compose_label(
         tumor = remove_small_components(tumor & liver, int(np.ceil(min_lesion_ml / voxel_ml)))
         label[tumor] = 2
     return label
+
+
+# No liver tumor of the phases served is this bright as a whole: hyper-enhancing HCC peaks near 100-150 HU in
+# the arterial phase, while contrast-filled vessels, renal cortex and bone lie above. A "tumor" whose median is
+# above this is one of those (seen: the renal cortex next to a leaking liver tip).
+MAX_TUMOR_MEDIAN_HU = 170.0
+
+
+def demote_bright_tumors(label: np.ndarray, hu: np.ndarray, limit: float = MAX_TUMOR_MEDIAN_HU) -> np.ndarray:
+    """{0, 1, 2} label -> the same with every 26-connected tumor whose median HU exceeds `limit` made liver."""
+    tumor = label == 2
+    if not tumor.any():
+        return label
+    components, count = ndimage.label(tumor, structure=STRUCTURE_26)
+    medians = ndimage.median(hu, components, index=np.arange(1, count + 1))
+    bright = np.flatnonzero(np.asarray(medians) > limit) + 1
+    if bright.size:
+        label = label.copy()
+        label[np.isin(components, bright)] = 1
+    return label

@@ -48,7 +48,8 @@ def main() -> None:
         time.sleep(0.01)
     if widget.ui.lesionTable.rowCount():
         widget.ui.lesionTable.selectRow(0)
-    widget.parent.resize(480, 760)
+    widget.ui.lesionTable.resizeColumnsToContents()  # every column readable, none clipped
+    widget.parent.resize(620, 800)
     widget.parent.show()
     application.processEvents()
     widget.parent.grab().save(args.output)
