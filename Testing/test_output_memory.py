@@ -1,6 +1,6 @@
 """Issue 16: the whole-volume outputs of a tall CT stay within memory, with the same files and arrays as before.
 
-The measured table (512x512x800, every `segment` option) is benchmarks/memory_800.py -> Testing/MEMORY_TABLE.md;
+The measured table (512x512x800, every `segment` option) is benchmarks/memory_800.py -> benchmarks/memory_800.md;
 these tests check on small volumes that the memory-saving paths give the old results exactly.
 """
 

@@ -68,8 +68,13 @@ def demote_bright_tumors(label: np.ndarray, hu: np.ndarray, limit: float = MAX_T
     if not tumor.any():
         return label
     components, count = ndimage.label(tumor, structure=STRUCTURE_26)
-    medians = ndimage.median(hu, components, index=np.arange(1, count + 1))
-    bright = np.flatnonzero(np.asarray(medians) > limit) + 1
+    ids, values = components[tumor], hu[tumor]
+    order = np.lexsort((values, ids))  # by component, then HU: each component's values sorted in one run
+    ids, values = ids[order], values[order]
+    first = np.searchsorted(ids, np.arange(1, count + 1))
+    last = np.searchsorted(ids, np.arange(1, count + 1), side="right") - 1
+    medians = (values[(first + last) // 2].astype(np.float64) + values[(first + last + 1) // 2]) / 2
+    bright = np.flatnonzero(medians > limit) + 1
     if bright.size:
         label = label.copy()
         label[np.isin(components, bright)] = 1
