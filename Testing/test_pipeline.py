@@ -122,3 +122,15 @@ def test_a_tumor_brighter_than_any_liver_tumor_becomes_liver_and_others_stay() -
     assert (out[1:3, 2:5, 2:5] == 1).all()
     assert (out[3:5, 10:14, 10:14] == 2).all() and (out[2, 15:18, 15:18] == 2).all()
     assert (label[1:3, 2:5, 2:5] == 2).all()  # the input is left as it was
+
+
+def test_flip_tta_warns_for_a_model_trained_without_flips() -> None:
+    """Flip fusion averages in a guess on mirrored anatomy; only a model trained with flips has seen that."""
+    from liver_e2net.checkpoint import random_checkpoint
+    from liver_e2net.config import lite_config
+    from liver_e2net.pipeline import flip_warning
+
+    checkpoint = random_checkpoint(lite_config())
+    assert "not trained with left-right flips" in flip_warning(checkpoint)
+    checkpoint.metadata["train_config"] = {"augment": {"flip_lr": True}}
+    assert flip_warning(checkpoint) is None
