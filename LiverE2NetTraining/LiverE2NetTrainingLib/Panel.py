@@ -203,7 +203,7 @@ class TrainingPanel(VTKObservationMixin):
 
     def settings(self) -> TrainingSettings:
         p = self._parameterNode
-        return TrainingSettings(modelName=p.modelName.strip(), outputFolder=Path(p.outputFolder.strip()),
+        return TrainingSettings(modelName=p.modelName.strip(), outputFolder=Path(p.outputFolder.strip()).expanduser(),
                                 fineTune=p.fineTune, config=p.config.value, epochs=p.epochs,
                                 validationShare=p.validationShare, device=p.device, batchSize=p.batchSize,
                                 **self.runtimeOptions)
@@ -308,7 +308,7 @@ class TrainingPanel(VTKObservationMixin):
 
     def _runFolder(self) -> Path:
         p = self._parameterNode
-        return Path(p.outputFolder.strip() or ".") / (p.modelName.strip() or ".")
+        return Path(p.outputFolder.strip() or ".").expanduser() / (p.modelName.strip() or ".")
 
     def _updateStartFrom(self) -> None:
         """Fine-tuning needs the bundled model and keeps its config, so the config choice is off then."""
