@@ -52,8 +52,9 @@ class NiftiHeader:
         return int(np.prod(self.dims[:2]))
 
 
-def nifti_problem(path: str | Path) -> str:
-    """'' if `path` is not NIfTI, or is whole, finite and has a usable voxel size; else what is wrong."""
+def nifti_problem(path: str | Path, check_values: bool = True) -> str:
+    """'' if `path` is not NIfTI, or is whole, finite and has a usable voxel size; else what is wrong.
+    `check_values=False` skips the NaN/Inf scan: a file this process just wrote needs only the completeness check."""
     path = Path(path)
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
@@ -66,7 +67,7 @@ def nifti_problem(path: str | Path) -> str:
         return _damaged(path, error)
     if header is None:
         return ""  # not a header this module understands: SimpleITK says what is wrong
-    return _pixdim_problem(path, header) or _data_problem(path, header, opener)
+    return _pixdim_problem(path, header) or _data_problem(path, header, opener, check_values)
 
 
 def parse_header(raw: bytes) -> NiftiHeader | None:
@@ -109,9 +110,9 @@ def _pixdim_problem(path: Path, header: NiftiHeader) -> str:
     )
 
 
-def _data_problem(path: Path, header: NiftiHeader, opener) -> str:
+def _data_problem(path: Path, header: NiftiHeader, opener, check_values: bool = True) -> str:
     """Streams the voxels only when needed: float voxels (NaN/Inf) or a gzip file whose size does not match."""
-    float_type = FLOAT_TYPES.get(header.datatype)
+    float_type = FLOAT_TYPES.get(header.datatype) if check_values else None
     if float_type is None:
         if opener is open:
             total = path.stat().st_size
