@@ -310,16 +310,18 @@ class InterruptAt:
             os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_sigint_stops_after_the_step_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.5], ids=["last-weights", "weight-average"])
+def test_sigint_stops_after_the_step_and_resume_is_exact(tmp_path, ema_decay):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bitwise-reproducible CPU kernels
+    config = dataclasses.replace(QUICK, ema_decay=ema_decay)
     try:
         cases = [phantom("a"), phantom("b", 1)]
         options = dict(model_config=TINY, device="cpu", cache=tmp_path / "cache")
-        whole = Trainer(cases, tmp_path / "whole", QUICK, **options).run()
+        whole = Trainer(cases, tmp_path / "whole", config, **options).run()
         interrupt = InterruptAt("stage2")
         before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a shell's background job
-        stopped = Trainer(cases, tmp_path / "split", QUICK, progress=interrupt, **options).run()
+        stopped = Trainer(cases, tmp_path / "split", config, progress=interrupt, **options).run()
         assert stopped.exit_code == 130 and "SIGINT" in stopped.message and interrupt.lines[-1][0] == "error"
         assert signal.getsignal(signal.SIGINT) is before  # handlers restored
         assert read_state(tmp_path / "split")["stages"]["stage2"]["step"] == 1
@@ -329,13 +331,19 @@ def test_sigint_stops_after_the_step_and_resume_is_exact(tmp_path):
         assert resumed.stage_epochs == whole.stage_epochs == {"stage1": 1, "stage2": 1}
     finally:
         torch.set_num_threads(threads)
-    expected, actual = load_checkpoint(whole.last), load_checkpoint(resumed.last)
-    for stage in ("stage1", "stage2"):
-        for name, value in getattr(expected, stage).items():
-            torch.testing.assert_close(
-                getattr(actual, stage)[name], value, rtol=0, atol=0, msg=f"{stage} {name}"
-            )
+    for name in ("last", "best"):  # with --ema-decay, best.pt holds the average, resumed from the state
+        expected, actual = load_checkpoint(getattr(whole, name)), load_checkpoint(getattr(resumed, name))
+        for stage in ("stage1", "stage2"):
+            for key, value in getattr(expected, stage).items():
+                torch.testing.assert_close(
+                    getattr(actual, stage)[key], value, rtol=0, atol=0, msg=f"{name} {stage} {key}"
+                )
     assert resumed.validation_dice == whole.validation_dice
+    last, best = load_checkpoint(whole.last), load_checkpoint(whole.best)
+    averaged = any(not torch.equal(best.stage2[k], v) for k, v in last.stage2.items() if v.is_floating_point())
+    assert averaged == bool(ema_decay)  # the average lags the last step's weights; without it they are one
+    if ema_decay:
+        return
 
     # --init fine-tunes: config and weights come from the checkpoint; an untrained stage keeps its weights.
     options["model_config"] = None  # taken from the checkpoint

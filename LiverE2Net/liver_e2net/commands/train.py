@@ -29,6 +29,7 @@ CONFIG_OPTIONS = (
     "stages",
     "seed",
     "bn_calibration_samples",
+    "ema_decay",
     "edge_target",
 )
 
@@ -127,6 +128,13 @@ def register(subparsers) -> None:
         choices=["on", "off"],
         help="simulate the acquisitions the training CTs lack: arterial/delayed/unenhanced phases, 2-5 mm "
         "slices, truncated fields of view, sharp kernels (default on for a new run; a resumed run keeps its own)",
+    )
+    optimisation.add_argument(
+        "--ema-decay",
+        type=float,
+        metavar="D",
+        help="validate and save as best.pt an exponential moving average of the weights, updated each step "
+        "with this decay (e.g. 0.99; default 0: the last step's weights)",
     )
     optimisation.add_argument(
         "--bn-calibration-samples",

@@ -77,6 +77,7 @@ class TrainConfig:
     stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
     stage2_extra_slices: int = 2  # slices above and below the liver box also used in stage 2
     tumor_slice_fraction: float = 0.5  # share of a tumor case's stage-2 samples drawn from tumor slices
+    ema_decay: float = 0.0  # weight average for validation and best.pt; 0 validates the last step's weights
     bn_calibration_samples: int = 64  # un-augmented samples that recompute BatchNorm statistics per epoch
     # Edge-branch target (paper Table 3): "distance", the edge-distance map, or "plain", the binary edge.
     edge_target: str = "distance"
@@ -109,6 +110,7 @@ class TrainConfig:
             ),
             (self.tumor_pos_weight > 0, f"--tumor-pos-weight {self.tumor_pos_weight}: must be > 0"),
             (self.bn_calibration_samples >= 0, "bn_calibration_samples must be >= 0"),
+            (0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay}: use 0 (off) or a value in (0, 1), e.g. 0.99"),
             (
                 self.edge_target in EDGE_TARGETS,
                 f"--edge-target {self.edge_target!r}: use one of {', '.join(EDGE_TARGETS)}",
