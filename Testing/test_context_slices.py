@@ -225,6 +225,36 @@ def test_train_with_context_3_records_it_and_serves_it(tmp_path, capsys):
     assert "3 adjacent slices per input (z-1..z+1)" in capsys.readouterr().out
 
 
+def test_init_from_a_single_slice_model_starts_a_3_slice_one_that_computes_the_same(tmp_path):
+    """--init a 1-slice checkpoint with --context-slices 3: the neighbour channels start at zero, so the widened
+    networks give the checkpoint's outputs until training moves them."""
+    from liver_e2net.models import build_network, segmentation_logits
+    from liver_e2net.training import Trainer
+    from liver_e2net.training.resolve import inflate_context
+    from test_training import QUICK, phantom
+
+    single = random_checkpoint(TINY, seed=2)
+    old, new = build_network(TINY.stage2).eval(), build_network(TINY3.stage2).eval()
+    old.load_state_dict(single.stage2)
+    new.load_state_dict(inflate_context(single.stage2, new.state_dict()))
+    slices = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            segmentation_logits(new(slices)), segmentation_logits(old(slices[:, 1:2])), rtol=0, atol=1e-5
+        )
+    with pytest.raises(UserInputError, match="only more context slices"):
+        inflate_context(new.state_dict(), old.state_dict())
+
+    path = save_checkpoint(single, tmp_path / "single.pt")
+    cases = [phantom("a"), phantom("b", 1)]
+    result = Trainer(cases, tmp_path / "run", dataclasses.replace(QUICK, stages=(2,)), init=path,
+                     model_config=TINY3, device="cpu", cache=tmp_path / "cache").run()
+    tuned = load_checkpoint(result.last)
+    assert tuned.config == TINY3 and tuned.stage1["branch.encoder.stem.0.weight"].shape[1] == 3
+    torch.testing.assert_close(tuned.stage1["branch.encoder.stem.0.weight"][:, 1:2], single.stage1["branch.encoder.stem.0.weight"])
+    assert not tuned.stage1["branch.encoder.stem.0.weight"][:, [0, 2]].any()  # stage 1 not trained: still zero
+
+
 @pytest.mark.parametrize(
     "option, value, message",
     [("--context-slices", "2", "use one of 1, 3, 5"), ("--edge-target", "thick", "invalid choice: 'thick'")],

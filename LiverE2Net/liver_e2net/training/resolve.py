@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import Checkpoint
-from ..config import ModelConfig, get_config
+from ..config import ModelConfig, get_config, with_context_slices
 from ..errors import UserInputError
 from .config import TrainConfig
 from .sources import CasePaths, CaseSource, check_unique
@@ -31,12 +31,35 @@ def model_config(
     else:
         return requested or get_config(train_config.model if train_config else "lite")
     if requested is not None and requested != stored:
+        if not state and with_context_slices(stored, requested.preprocessing.context_slices) == requested:
+            return requested  # --init's weights widened to more context slices: see inflate_context
         raise UserInputError(
             f"{origin} uses the {stored.name!r} model config ({_context(stored)}), which differs from the "
             f"requested {requested.name!r} config ({_context(requested)}); leave out --config and "
             f"--context-slices (they are taken from {origin})"
         )
     return stored
+
+
+def inflate_context(weights: dict[str, Any], target: dict[str, Any]) -> dict[str, Any]:
+    """--init weights for networks fed more context slices than the checkpoint's. Only the first convolution
+    differs: its old input channels go to the middle (the slice itself), the new neighbour channels start at zero,
+    so training starts from exactly the --init model and learns what the neighbours add."""
+    inflated = {}
+    for name, value in weights.items():
+        shape = target[name].shape
+        if value.shape != shape:
+            if value.dim() != 4 or value.shape[0] != shape[0] or value.shape[2:] != shape[2:] or value.shape[1] > shape[1]:
+                raise UserInputError(
+                    f"--init weights {name} {tuple(value.shape)} cannot start a network with {tuple(shape)}: "
+                    "only more context slices than the checkpoint's can be added"
+                )
+            widened = value.new_zeros(shape)
+            offset = (shape[1] - value.shape[1]) // 2
+            widened[:, offset : offset + value.shape[1]] = value
+            value = widened
+        inflated[name] = value
+    return inflated
 
 
 def _context(config: ModelConfig) -> str:

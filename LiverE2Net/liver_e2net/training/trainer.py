@@ -170,6 +170,9 @@ class Trainer:
         source = load_checkpoint(self.output / run_folder.LAST) if state else init
         if source is not None:
             self.weights = {1: source.stage1, 2: source.stage2}
+        if not state and init is not None and init.config != self.model_config:  # more context slices
+            self.weights = {stage: resolve.inflate_context(self.weights[stage], network.state_dict())
+                            for stage, network in zip((1, 2), random_networks)}  # fmt: skip
         self.best_weights = dict(self.weights)
         if state and (self.output / run_folder.BEST).is_file():
             best = load_checkpoint(self.output / run_folder.BEST)
