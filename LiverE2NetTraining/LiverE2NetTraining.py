@@ -17,7 +17,7 @@ import numpy as np
 import slicer
 import vtk
 from liver_e2net.errors import UserInputError
-from liver_e2net.protocol import BEST_MODEL, LAST_MODEL, TRAINER_STATE
+from liver_e2net.protocol import BEST_MODEL, LAST_MODEL, TRAINER_STATE, TRAINING_PAIRS
 from LiverE2NetLib.Inputs import checkDependencies
 from LiverE2NetLib.Models import Device, userModelFolder
 from LiverE2NetTrainingLib.Export import exportTrainingPairs
@@ -164,14 +164,16 @@ class LiverE2NetTrainingLogic(ScriptedLoadableModuleLogic):
         return pairsInSceneFile(path)
 
     def pairsInFolder(self, folder) -> list:
-        return pairsInFolder(folder)
+        """Pairs of a folder or JSON list, found and checked by the `check-data` child."""
+        return pairsInFolder(folder, self.cliCommand)
 
     def setSegments(self, pair, liverSegmentIds, tumorSegmentIds):
         """Overrides the name matching of one pair and checks it again."""
         return setSegments(pair, liverSegmentIds, tumorSegmentIds)
 
     def exportTrainingPairs(self, pairs, folder) -> list:
-        """CT + label (1 liver, 2 tumor) of each usable pair into folder/imagesTr + labelsTr, geometry kept."""
+        """The list of usable pairs `train` reads, folder/pairs.json: scene pairs written into folder/imagesTr +
+        labelsTr (CT and label 1 liver, 2 tumor, geometry kept), file pairs where they are."""
         return exportTrainingPairs(pairs, folder)
 
     # Training
@@ -208,7 +210,8 @@ class LiverE2NetTrainingLogic(ScriptedLoadableModuleLogic):
             self._setAside(settings)
         dataFolder = settings.runFolder / DATA_FOLDER
         self.exportTrainingPairs(pairs, dataFolder)
-        return self._start(trainCommand(self.cliCommand, settings, dataFolder), settings, onUpdate, onFinished)
+        command = trainCommand(self.cliCommand, settings, dataFolder / TRAINING_PAIRS)
+        return self._start(command, settings, onUpdate, onFinished)
 
     def resumeTraining(self, settings: TrainingSettings, onUpdate=None, onFinished=None) -> TrainingRun:
         """Continues the stopped run in settings.runFolder; only the epoch cap and device may differ."""

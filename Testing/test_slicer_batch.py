@@ -148,7 +148,7 @@ def test_bad_batch_inputs_are_refused_before_any_child_starts(logic, model, tmp_
         ),
         ({"inputFolder": good, "outputFolder": good}, "The output folder is the input folder"),
         ({"inputFolder": good, "model": tmp_path / "gone.pt"}, "Model file not found"),
-        ({"inputFolder": good, "outputFormat": "jpeg"}, "'jpeg' is not a valid BatchFormat"),
+        ({"inputFolder": good, "outputFormat": "jpeg"}, "Unknown format 'jpeg'"),
         ({"studyUids": []}, "Select one or more studies"),
         ({"studyUids": ["1.2.3"]}, "DICOM database is not available"),
     ]
@@ -379,6 +379,6 @@ def test_the_panels_accuracy_reaches_the_batch_command(logic, cases, model, tmp_
     assert best.command[best.command.index("--tta") + 1] == "multiscale"
     fast = BatchJob.create(logic.cliCommand, tmp_path / "out", cases, model=model)
     assert fast.command[fast.command.index("--tta") + 1] == "none"
-    with pytest.raises(UserInputError, match="accuracy the panel offers"):
+    with pytest.raises(UserInputError, match="Unknown accuracy .sloppy.: use fast or best"):
         BatchJob.create(logic.cliCommand, tmp_path / "other", cases, model=model, accuracy="sloppy")
     assert not (tmp_path / "other").exists()

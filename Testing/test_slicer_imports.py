@@ -16,17 +16,6 @@ SLICER_SIDE = [
     *sorted((REPO / "LiverE2NetTraining").rglob("*.py")),
 ]
 ALLOWED = {"liver_e2net", "liver_e2net.protocol", "liver_e2net.errors", "liver_e2net.report"}
-# Not yet behind the door, each with its reason: (file, module) -> why it stays for now.
-EXCEPTIONS = {
-    ("LiverE2Net/LiverE2Net.py", "liver_e2net.checkpoint"): "self-test fixture: a random lite model",
-    ("LiverE2Net/LiverE2Net.py", "liver_e2net.config"): "self-test fixture: a random lite model",
-    ("LiverE2Net/LiverE2NetLib/Inputs.py", "liver_e2net.io"): "check_ct_values: the HU check before a run starts",
-    ("LiverE2Net/LiverE2NetLib/Batch.py", "liver_e2net.cohort.dicom_tree"): "is_dicom_file: an input folder check",
-    ("LiverE2NetTraining/LiverE2NetTrainingLib/Pairs.py", "liver_e2net.training.labels"): "segment roles, labels",
-    ("LiverE2NetTraining/LiverE2NetTrainingLib/Pairs.py", "liver_e2net.training.sources"): "folder pair discovery",
-    ("LiverE2NetTraining/LiverE2NetTrainingLib/Pairs.py", "liver_e2net.io"): "reads a file pair to check it",
-    ("LiverE2NetTraining/LiverE2NetTrainingLib/Export.py", "liver_e2net.io"): "writes a file pair's label map",
-}
 
 
 def core_imports(path: Path) -> set[str]:
@@ -42,16 +31,12 @@ def core_imports(path: Path) -> set[str]:
 
 def test_slicer_side_imports_only_protocol_errors_and_report() -> None:
     assert len(SLICER_SIDE) > 10
-    offenders, used = [], set()
-    for path in SLICER_SIDE:
-        name = path.relative_to(REPO).as_posix()
-        for module in core_imports(path) - ALLOWED:
-            if (name, module) in EXCEPTIONS:
-                used.add((name, module))
-            else:
-                offenders.append(f"{name}: {module}")
+    offenders = [
+        f"{path.relative_to(REPO).as_posix()}: {module}"
+        for path in SLICER_SIDE
+        for module in sorted(core_imports(path) - ALLOWED)
+    ]
     assert not offenders, offenders
-    assert used == set(EXCEPTIONS), f"exceptions no longer needed, remove them: {set(EXCEPTIONS) - used}"
 
 
 def test_the_check_sees_lazy_and_package_imports(tmp_path) -> None:

@@ -1,6 +1,6 @@
 """The module's own self-test class, LiverE2NetTest, method by method as Slicer's ctest runs it (unittest), here on
 real MRML from slicer-core through the stand-ins. Every segmentation in it is the real `liver_e2net segment` child
-with a small random model on a real CT."""
+with the bundled model on a real CT."""
 
 import unittest
 

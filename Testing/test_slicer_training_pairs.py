@@ -84,14 +84,15 @@ def test_export_keeps_geometry_and_label_values(training, mrmlScene, tumorCrop, 
         np.testing.assert_array_equal(sitk.GetArrayFromImage(exportedCt), sitk.GetArrayFromImage(originalCt))
         np.testing.assert_array_equal(sitk.GetArrayFromImage(exportedLabel), sitk.GetArrayFromImage(originalLabel))
     assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "data/labelsTr/case01.nrrd"))))) == {0, 1, 2}
-    manifest = json.loads((tmp_path / "data" / "pairs.json").read_text())
-    assert [(m["case"], m["liverSegments"], m["tumorSegments"]) for m in manifest] == [
-        ("case01", ["Liver"], ["Liver tumor"]), ("case03", ["Liver"], [])]
-    # The exported folder is what `train` reads, and the core's own reader agrees on every label.
+    listing = json.loads((tmp_path / "data" / "pairs.json").read_text())
+    assert [(m["name"], m["image"], m["label"], m["liverSegments"], m["tumorSegments"]) for m in listing] == [
+        ("case01", "imagesTr/case01_0000.nrrd", "labelsTr/case01.nrrd", ["Liver"], ["Liver tumor"]),
+        ("case03", "imagesTr/case03_0000.nrrd", "labelsTr/case03.nrrd", ["Liver"], [])]
+    # The exported list is what `train --data` reads, and the core's own reader agrees on every label.
     from liver_e2net.training import discover
     from liver_e2net.training.cases import read_case
 
-    cases = discover(tmp_path / "data")
+    cases = discover(tmp_path / "data" / "pairs.json")
     assert [case.name for case in cases] == ["case01", "case03"]
     assert int((read_case(cases[0])[1] == 2).sum()) == int((sitk.GetArrayFromImage(sitk.ReadImage(str(tumorCrop[1]))) == 2).sum())
 
@@ -200,6 +201,10 @@ def test_bad_pairs_are_skipped_with_a_reason_and_can_be_fixed(training, mrmlScen
 
 
 def test_folder_pairs_are_paired_by_name_and_checked_by_the_core(training, tmp_path):
+    """The real `liver-e2net check-data` child pairs and reads the files; file pairs are exported as a list of their
+    own paths (nothing is rewritten)."""
+    from liver_e2net.errors import UserInputError
+
     folder = tmp_path / "cases"
     folder.mkdir()
     for name in ("case03", "case04"):
@@ -218,13 +223,28 @@ def test_folder_pairs_are_paired_by_name_and_checked_by_the_core(training, tmp_p
     assert "no label file" in pairs["lonely_ct.nii.gz"].problem
     assert "only tumor voxels" in pairs["tumoronly"].problem
     assert "label values 255 outside" in pairs["mask255"].problem
+    assert pairs["mask255"].imagePath == folder / "mask255.nii.gz"  # unmarked: the CT its label lacks
     names = training.LiverE2NetTrainingLogic().exportTrainingPairs(list(pairs.values()), tmp_path / "data")
     assert names == ["case03", "case04"]
-    exported = sitk.ReadImage(str(tmp_path / "data" / "labelsTr" / "case03.nrrd"))
-    assertSameGrid(exported, sitk.ReadImage(str(folder / "case03_ct.nii.gz")))
-    # An nnU-Net folder (the export itself) reads back as the same pairs.
-    again = training.LiverE2NetTrainingLogic().pairsInFolder(tmp_path / "data")
+    listing = json.loads((tmp_path / "data" / "pairs.json").read_text())
+    assert [(m["name"], m["image"], m["label"]) for m in listing] == [
+        (name, str(folder / f"{name}_ct.nii.gz"), str(folder / f"{name}_label.nii.gz")) for name in names]
+    assert not (tmp_path / "data" / "imagesTr").exists()
+    # The list reads back as the same pairs, and an nnU-Net folder pairs as `train` pairs it.
+    again = training.LiverE2NetTrainingLogic().pairsInFolder(tmp_path / "data" / "pairs.json")
     assert [(p.name, p.slices, p.usable) for p in again] == [("case03", 53, True), ("case04", 3, True)]
+    nnunet = tmp_path / "nnunet"
+    for sub in ("imagesTr", "labelsTr"):
+        (nnunet / sub).mkdir(parents=True)
+    shutil.copy(folder / "case03_ct.nii.gz", nnunet / "imagesTr" / "case03_0000.nii.gz")
+    shutil.copy(folder / "case03_label.nii.gz", nnunet / "labelsTr" / "case03.nii.gz")
+    shutil.copy(folder / "case04_ct.nii.gz", nnunet / "imagesTr" / "case04_0000.nii.gz")
+    found = training.LiverE2NetTrainingLogic().pairsInFolder(nnunet)
+    assert [(p.name, p.usable, p.problem.split(";")[0]) for p in found] == [
+        ("case03", True, ""), ("case04_0000.nii.gz", False, "no label case04.ext in labelsTr/")]
+    # Nothing to pair: the child's own message.
+    with pytest.raises(UserInputError, match=r"holds no CT \+ label pairs"):
+        training.LiverE2NetTrainingLogic().pairsInFolder(tmp_path / "data")
 
 
 def test_export_refusals_name_the_fix(training, mrmlScene, tmp_path):

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import slicer
-from liver_e2net.cohort.dicom_tree import is_dicom_file  # allowed for now: see Testing/test_slicer_imports.py
 from liver_e2net.errors import UserInputError
 from liver_e2net.protocol import (
     CASE_RECORD,
@@ -28,11 +27,13 @@ from liver_e2net.protocol import (
     STAGE_CASE,
     STAGE_DONE,
     VOLUME_SUFFIXES,
+    is_dicom_file,
 )
 
 from .ChildProcess import ProcessResult
-from .Inputs import checkDependencies, resolveModel
+from .Inputs import checkDependencies
 from .Models import Accuracy, Device
+from .Options import SegmenterOptions
 from .Segments import SegmentationCancelled, SegmentationError
 
 DICOM_LIST = "dicom_inputs.csv"  # the files of the chosen DICOM studies, one per line, for segment-batch
@@ -219,13 +220,10 @@ class BatchJob:
         """Checks everything a user can get wrong before the child starts. `studyUids` (with `database`) replaces
         `inputFolder`. Raises UserInputError."""
         try:
-            outputFormat, device, accuracy = (
-                BatchFormat(outputFormat),
-                Device(device),
-                Accuracy.parse(accuracy),
-            )
-        except ValueError as error:
-            raise UserInputError(f"{error}: choose a format, device and accuracy the panel offers.") from None
+            outputFormat = BatchFormat(outputFormat)
+        except ValueError:
+            raise UserInputError(f"Unknown format {outputFormat!r}: choose a format the panel offers.") from None
+        options = SegmenterOptions.parse(model, device, accuracy, tumors)
         if studyUids is None:
             inputFolder = checkInputFolder(inputFolder)
         elif not studyUids:
@@ -235,7 +233,6 @@ class BatchJob:
         output = outputFolderPath(outputFolder)
         if inputFolder is not None and output.resolve() == inputFolder.resolve():
             raise UserInputError("The output folder is the input folder: choose another output folder.")
-        modelPath = resolveModel(model)
         checkDependencies()
         makeOutputFolder(output)
         if studyUids is None:
@@ -243,11 +240,8 @@ class BatchJob:
         else:
             writeDicomList(database, list(studyUids), output / DICOM_LIST)
             inputs = [str(output / DICOM_LIST)]
-        command = [*cliCommand, "segment-batch", *inputs, "-o", str(output), "--format", outputFormat.value]
-        command += ["--model", str(modelPath), "--device", device.value, "--tta", accuracy.value]
-        command += ["--progress", "jsonl"]
-        if not tumors:
-            command.append("--no-tumors")
+        command = [*cliCommand, "segment-batch", *inputs, "-o", str(output), "--format", outputFormat.value,
+                   *options.arguments()]
         return cls(output, command)
 
     @property

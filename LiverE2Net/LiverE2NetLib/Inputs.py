@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import slicer
 from liver_e2net import protocol
 from liver_e2net.errors import UserInputError
-from liver_e2net.io import check_ct_values
 
 from .Dependencies import missingMessage
 
@@ -38,7 +36,9 @@ def checkInputVolume(volumeNode) -> None:
     if min(dimensions) < 2:
         raise UserInputError(f"'{name}' is a 2D image ({dimensions[0]} x {dimensions[1]} x {dimensions[2]} voxels): "
                              "a 3D CT volume with several axial slices is needed.")
-    check_ct_values(slicer.util.arrayFromVolume(volumeNode), f"'{name}'")
+    problem = protocol.ct_range_problem(f"'{name}'", *imageData.GetScalarRange())  # the child's own rule
+    if problem:
+        raise UserInputError(problem)
 
 
 def resolveModel(model: str | Path | None) -> Path:

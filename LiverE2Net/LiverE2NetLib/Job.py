@@ -13,8 +13,9 @@ import slicer
 from liver_e2net.errors import UserInputError
 
 from .ChildProcess import ProcessResult
-from .Inputs import checkDependencies, checkInputVolume, resolveModel
+from .Inputs import checkDependencies, checkInputVolume
 from .Models import Accuracy, Device
+from .Options import SegmenterOptions
 from .Segments import SegmentationCancelled, SegmentationError, importResult, writeVolume
 
 
@@ -36,24 +37,13 @@ class SegmentationJob:
         """Checks everything a user can get wrong, then writes the CT for the child. Raises UserInputError."""
         checkInputVolume(volumeNode)
         checkDependencies()
-        try:
-            device = Device(device)
-        except ValueError:
-            raise UserInputError(f"Unknown device {device!r}: use auto, cpu or cuda.") from None
-        try:
-            accuracy = Accuracy.parse(accuracy)
-        except ValueError:
-            raise UserInputError(f"Unknown accuracy {accuracy!r}: use fast or best.") from None
+        options = SegmenterOptions.parse(model, device, accuracy, tumors, removeFalsePositives)
         if not 0.0 <= smoothing <= 1.0:
             raise UserInputError(f"Surface smoothing {smoothing} is outside 0..1.")
-        modelPath = resolveModel(model)
         folder = Path(tempfile.mkdtemp(prefix="LiverE2Net-"))
         job = cls(volumeNode, outputNode, tumors, smoothing, probabilities, folder, [])
-        job.command = [*cliCommand, "segment", str(job.inputPath), "-o", str(job.labelPath), "--model", str(modelPath),
-                       "--device", device.value, "--tta", accuracy.value, "--report", str(job.reportPath),
-                       "--fp-filter", "auto" if removeFalsePositives else "off", "--progress", "jsonl"]
-        if not tumors:
-            job.command.append("--no-tumors")
+        job.command = [*cliCommand, "segment", str(job.inputPath), "-o", str(job.labelPath),
+                       "--report", str(job.reportPath), *options.arguments()]
         if probabilities:
             job.command += ["--probabilities", str(job.probabilitiesPath)]
         try:

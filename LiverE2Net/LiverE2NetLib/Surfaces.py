@@ -61,7 +61,9 @@ def nonEmptySegmentIds(segmentationNode) -> vtk.vtkStringArray:
 
 
 def openEdgeCount(stlPath) -> int:
-    """Boundary plus non-manifold edges of an STL file: 0 for a closed surface."""
+    """Boundary edges (holes) of an STL file: 0 for a watertight surface. Non-manifold pinches are not counted:
+    where smoothing brings the two sides of a one-voxel-thin part within single precision (STL's), they meet in
+    a point of the file although Slicer's own surface keeps them apart; the surface stays closed."""
     reader = vtk.vtkSTLReader()
     reader.SetFileName(str(stlPath))
     clean = vtk.vtkCleanPolyData()
@@ -69,7 +71,7 @@ def openEdgeCount(stlPath) -> int:
     edges = vtk.vtkFeatureEdges()
     edges.SetInputConnection(clean.GetOutputPort())
     edges.BoundaryEdgesOn()
-    edges.NonManifoldEdgesOn()
+    edges.NonManifoldEdgesOff()
     edges.FeatureEdgesOff()
     edges.ManifoldEdgesOff()
     edges.Update()

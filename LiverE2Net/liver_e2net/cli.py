@@ -19,6 +19,7 @@ COMMANDS = (
     "synth_preview",
     "robustness",
     "train",
+    "check_data",
     "export_model",
     "segment_batch",
     "train_fp_filter",

@@ -23,12 +23,10 @@ import SimpleITK as sitk
 
 from . import metrics
 from .errors import UserInputError
+from .protocol import PAIR_SUFFIXES, split_case_name
 
 log = logging.getLogger(__name__)
 
-VOLUME_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")  # longest first: .seg.nrrd before .nrrd
-LABEL_SUFFIXES = ("_label", "_seg", "_pred")
-CT_SUFFIXES = ("_ct", "_0000")  # project data and nnU-Net naming: a CT, never a label map
 IDENTITY_DIRECTION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 SPACING_RTOL = 1e-3
 DIRECTION_ATOL = 1e-3
@@ -80,17 +78,10 @@ class EvaluationResult:
 
 
 def split_name(path: Path) -> tuple[str, str] | None:
-    """(case name, kind) for a volume file, kind 'ct' or 'label'; None for anything else (CSV, JSON, ...)."""
-    lower = path.name.lower()
-    extension = next((e for e in VOLUME_EXTENSIONS if lower.endswith(e)), None)
-    if extension is None or path.name.startswith("."):
-        return None
-    stem = path.name[: -len(extension)]
-    for kind, suffixes in (("ct", CT_SUFFIXES), ("label", LABEL_SUFFIXES)):
-        suffix = next((s for s in suffixes if stem.lower().endswith(s) and len(stem) > len(s)), None)
-        if suffix is not None:
-            return stem[: -len(suffix)], kind
-    return stem, "label"
+    """(case name, kind) for a volume file, kind 'ct' or 'label' (the naming rules of `protocol.split_case_name`;
+    here an unmarked name is a label map); None for anything else (CSV, JSON, ...)."""
+    parsed = split_case_name(path)
+    return None if parsed is None else (parsed[0], parsed[1] or "label")
 
 
 def scan_folder(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
@@ -112,7 +103,8 @@ def scan_folder(folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
 
 
 def pair_folders(pred_dir: str | Path, ref_dir: str | Path) -> list[CaseFiles]:
-    """Pairs predictions with references by case name (extension and _label/_seg/_pred suffix stripped).
+    """Pairs predictions with references by case name (extension and a label word such as _label/_seg/_pred
+    stripped, see `protocol.split_case_name`).
 
     CTs named *_ct.* or *_0000.* in the reference (else prediction) folder are attached for HU. Every label
     map must have a partner: unpaired files are an error naming them all.
@@ -121,7 +113,7 @@ def pair_folders(pred_dir: str | Path, ref_dir: str | Path) -> list[CaseFiles]:
     preds, pred_cts = scan_folder(pred_dir)
     refs, ref_cts = scan_folder(ref_dir)
     if not refs:
-        raise UserInputError(f"no reference label maps ({', '.join(VOLUME_EXTENSIONS)}) in {ref_dir}")
+        raise UserInputError(f"no reference label maps ({', '.join(PAIR_SUFFIXES)}) in {ref_dir}")
     extra_preds, missing = sorted(preds.keys() - refs.keys()), sorted(refs.keys() - preds.keys())
     problems = []
     if extra_preds:

@@ -22,12 +22,9 @@ import SimpleITK as sitk
 from .cohort.dicom_tree import folder_series
 from .errors import UserInputError
 from .nifti_integrity import nifti_problem, nonfinite_message
+from .protocol import ct_range_problem
 from .segments import SEGMENTS
 
-PLAUSIBLE_HU = (
-    -3100.0,
-    40000.0,
-)  # GE pads with -3024; dense metal reaches tens of thousands only in extended CT
 PLAUSIBLE_SPACING_MM = ((0.2, 5.0), (0.3, 10.0))  # (in-plane pixel, between slices) of any clinical CT
 INPUT_WARNINGS_KEY = "LiverE2Net_InputWarnings"  # image metadata: what reading left out (see input_warnings)
 
@@ -182,19 +179,9 @@ def check_ct_values(array: np.ndarray, name: str) -> None:
         problem = nonfinite_message(name, (~np.isfinite(slices)).sum(axis=1), slices.shape[0])
         if problem:
             raise UserInputError(problem)
-    low, high = float(array.min()), float(array.max())
-    if low == high:
-        raise UserInputError(f"{name} is constant ({low:g} everywhere): it holds no image")
-    if low < PLAUSIBLE_HU[0] or high > PLAUSIBLE_HU[1]:
-        raise UserInputError(
-            f"{name} has values {low:g}..{high:g}, outside any CT in Hounsfield units; pass a CT volume in HU"
-        )
-    if low > -200:
-        raise UserInputError(
-            f"{name} does not look like CT in Hounsfield units: its lowest value is {low:g}, but air "
-            "outside the body is about -1000 HU. If it is a CT stored without its rescale intercept, "
-            "subtract 1024; MRI and other modalities are not supported"
-        )
+    problem = ct_range_problem(name, float(array.min()), float(array.max()))
+    if problem:
+        raise UserInputError(problem)
 
 
 @contextmanager

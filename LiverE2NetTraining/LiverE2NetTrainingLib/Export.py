@@ -1,6 +1,9 @@
-"""Writing training pairs as the `train` command reads them: imagesTr/NAME_0000.nrrd + labelsTr/NAME.nrrd.
+"""Writing training pairs as the `train` command reads them: one JSON list (protocol.TRAINING_PAIRS) of
+{"name", "image", "label"} entries, with what the panel knew of each pair beside ("pair", "from", "slices", ...).
 
-NRRD keeps each CT's geometry exactly (NIfTI stores it in single precision); labels are {0, 1, 2} on the CT's grid.
+Scene pairs are written by Slicer's own writers: imagesTr/NAME_0000.nrrd + labelsTr/NAME.nrrd (NRRD keeps each
+CT's geometry exactly; labels {0, 1, 2} on the CT's grid). File pairs are listed where they are: `train` reads and
+checks them with the readers that checked them for the table (`check-data`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ from pathlib import Path
 
 import slicer
 from liver_e2net.errors import UserInputError
+from liver_e2net.protocol import MIN_TRAINING_CASES, NNUNET_IMAGES, NNUNET_LABELS, TRAINING_PAIRS
 
-from .Pairs import TrainingPair, labelArray, readFilePair
-
-MANIFEST = "pairs.json"
+from .Pairs import TrainingPair, labelArray
 
 
 def fileSafeNames(pairs: list[TrainingPair]) -> list[str]:
@@ -31,53 +33,59 @@ def fileSafeNames(pairs: list[TrainingPair]) -> list[str]:
 
 
 def exportTrainingPairs(pairs: list[TrainingPair], folder: str | Path) -> list[str]:
-    """Writes the usable pairs into `folder` (nnU-Net layout) and a manifest; returns the case names."""
+    """Writes the usable scene pairs into `folder` and the list of all usable pairs, folder/TRAINING_PAIRS, which
+    `train --data` reads; returns the case names."""
     usable = [pair for pair in pairs if pair.usable]
     if not usable:
         reasons = "; ".join(f"{pair.name}: {pair.problem}" for pair in pairs)
         raise UserInputError("No usable training pairs" + (f" ({reasons})" if reasons else "") +
                              ": add CT volumes with a liver segmentation.")
-    if len(usable) < 2:
-        raise UserInputError(f"Only one usable training pair ({usable[0].name}): at least 2 are needed, one to "
-                             "train on and one to validate with.")
+    if len(usable) < MIN_TRAINING_CASES:
+        raise UserInputError(f"Only one usable training pair ({usable[0].name}): at least {MIN_TRAINING_CASES} are "
+                             "needed, one to train on and one to validate with.")
     folder = Path(folder)
     _removePreviousExport(folder)
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     names = fileSafeNames(usable)
+    entries = []
     for name, pair in zip(names, usable):
         if pair.fromFiles:
-            _writeFilePair(pair, folder, name)
+            image, label = str(Path(pair.imagePath).resolve()), str(Path(pair.labelPath).resolve())
         else:
-            _writeScenePair(pair, folder, name)
-    manifest = [{"case": name, "name": pair.name, "from": pair.origin, "slices": pair.slices,
-                 "tumor": pair.hasTumor,
-                 "liverSegments": [pair.segmentNames.get(i, i) for i in pair.liverSegmentIds],
-                 "tumorSegments": [pair.segmentNames.get(i, i) for i in pair.tumorSegmentIds]}
-                for name, pair in zip(names, usable)]
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            image, label = _writeScenePair(pair, folder, name)
+        entries.append({"name": name, "image": image, "label": label, "pair": pair.name, "from": pair.origin,
+                        "slices": pair.slices, "tumor": pair.hasTumor,
+                        "liverSegments": [pair.segmentNames.get(i, i) for i in pair.liverSegmentIds],
+                        "tumorSegments": [pair.segmentNames.get(i, i) for i in pair.tumorSegmentIds]})
+    (folder / TRAINING_PAIRS).write_text(json.dumps(entries, indent=1))
     return names
 
 
 def _removePreviousExport(folder: Path) -> None:
-    """A re-export must not keep cases removed since; only files this module wrote (its manifest) are removed."""
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        for entry in json.loads(manifest.read_text()):
-            (folder / "imagesTr" / f"{entry['case']}_0000.nrrd").unlink(missing_ok=True)
-            (folder / "labelsTr" / f"{entry['case']}.nrrd").unlink(missing_ok=True)
-    elif any((folder / sub).exists() for sub in ("imagesTr", "labelsTr")):
+    """A re-export must not keep cases removed since; only files this module wrote (relative paths of its list
+    under imagesTr/ or labelsTr/) are removed, never a file pair's own files."""
+    listing = folder / TRAINING_PAIRS
+    if listing.is_file():
+        for entry in json.loads(listing.read_text()):
+            for written in (Path(entry.get(key, "")) for key in ("image", "label")):
+                if written.parts[:1] in ((NNUNET_IMAGES,), (NNUNET_LABELS,)) and ".." not in written.parts:
+                    (folder / written).unlink(missing_ok=True)
+    elif any((folder / sub).exists() for sub in (NNUNET_IMAGES, NNUNET_LABELS)):
         raise UserInputError(f"{folder} already holds imagesTr/ or labelsTr/ written by something else: "
                              "export the training pairs into an empty folder.")
 
 
-def _writeScenePair(pair: TrainingPair, folder: Path, name: str) -> None:
+def _writeScenePair(pair: TrainingPair, folder: Path, name: str) -> tuple[str, str]:
+    """Writes CT and label; returns their paths relative to `folder`, as the list holds them."""
     label = labelArray(pair)
     labelNode = slicer.vtkMRMLLabelMapVolumeNode()
     labelNode.CopyOrientation(pair.volumeNode)
     slicer.util.updateVolumeFromArray(labelNode, label)
-    _writeVolume(pair.volumeNode, folder / "imagesTr" / f"{name}_0000.nrrd")
-    _writeVolume(labelNode, folder / "labelsTr" / f"{name}.nrrd")
+    image, labelFile = f"{NNUNET_IMAGES}/{name}_0000.nrrd", f"{NNUNET_LABELS}/{name}.nrrd"
+    for node, path in ((pair.volumeNode, image), (labelNode, labelFile)):
+        (folder / path).parent.mkdir(parents=True, exist_ok=True)
+        _writeVolume(node, folder / path)
+    return image, labelFile
 
 
 def _writeVolume(node, path: Path) -> None:
@@ -86,12 +94,3 @@ def _writeVolume(node, path: Path) -> None:
     storage.SetUseCompression(True)
     if not storage.WriteData(node):
         raise UserInputError(f"cannot write {path}: is the folder writable and is there space on the disk?")
-
-
-def _writeFilePair(pair: TrainingPair, folder: Path, name: str) -> None:
-    import SimpleITK as sitk
-    from liver_e2net.io import write_labelmap
-
-    ct, label = readFilePair(pair)  # read again: the files may have changed since they were added
-    sitk.WriteImage(ct, str(folder / "imagesTr" / f"{name}_0000.nrrd"), useCompression=True)
-    write_labelmap(label, ct, folder / "labelsTr" / f"{name}.nrrd")

@@ -1,12 +1,12 @@
 """Training pairs (CT volume + liver/tumor segmentation) found in a scene, a saved scene or a folder of files.
 
 Each pair is checked when it is found, so the panel can show why a pair is skipped before anything is exported.
-Segment roles come from the core's name rules (`segment_role`), so Slicer and the `train` command agree.
+Segment roles come from the name rules in `protocol` (`segment_role`), so Slicer and the `train` command agree;
+file pairs are found and read by the core itself (`liver-e2net check-data`, a child process).
 """
 
 from __future__ import annotations
 
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,13 +15,11 @@ import numpy as np
 import slicer
 import vtk
 from liver_e2net.errors import UserInputError
-from liver_e2net.training.labels import segment_role
-from liver_e2net.training.sources import discover, volume_stem
+from liver_e2net.protocol import STAGE_CHECK, segment_role
+from LiverE2NetLib.ChildProcess import BlockingProcess, childEnvironment
 from vtk.util.numpy_support import vtk_to_numpy
 
 BINARY_LABELMAP = "Binary labelmap"
-LABEL_WORDS = ("label", "labels", "seg", "segmentation", "mask", "gt")  # 'case02_label.nii.gz' is a label
-IMAGE_WORDS = ("ct", "image", "img", "volume", "0000")  # 'case02_ct.nii.gz' is its CT
 
 
 @dataclass
@@ -259,69 +257,30 @@ def pairsInSceneFile(path: str | Path) -> list[TrainingPair]:
     return pairs
 
 
-def pairsInFolder(folder: str | Path) -> list[TrainingPair]:
-    """An nnU-Net folder (imagesTr/ + labelsTr/) or a flat folder of 'NAME_ct.nii.gz' + 'NAME_label.nii.gz'."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserInputError(f"folder not found: {folder}")
-    if (folder / "imagesTr").is_dir():
-        found = [(case.name, case.image, case.label) for case in discover(folder)]
-        unpaired = []
-    else:
-        found, unpaired = _flatPairs(folder)
-    if not found and not unpaired:
-        raise UserInputError(f"{folder} holds no CT + label pairs (NAME_ct.nii.gz + NAME_label.nii.gz, "
-                             ".nrrd or .seg.nrrd, or imagesTr/ + labelsTr/)")
-    pairs = [checkFilePair(TrainingPair(name, str(folder), imagePath=image, labelPath=label))
-             for name, image, label in found]
-    for path, partner in unpaired:
-        pairs.append(TrainingPair(path.name, str(folder), imagePath=path, labelPath=path,
-                                  problem=f"no {partner} file with the same case name"))
-    return pairs
+def pairsInFolder(folder: str | Path, cli: list[str] | None = None) -> list[TrainingPair]:
+    """File pairs of a folder (imagesTr/ + labelsTr/, or NAME_ct + NAME_label files) or of a JSON list, found and
+    read by `liver-e2net check-data` as `train` finds and reads them, in a child: no SimpleITK in Slicer's process."""
+    return [filePair(record, str(folder)) for record in checkData(["--data", str(folder)], cli)]
 
 
-def _flatPairs(folder: Path) -> tuple[list[tuple[str, Path, Path]], list[tuple[Path, str]]]:
-    images: dict[str, Path] = {}
-    labels: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        stem = volume_stem(path) if path.is_file() else None
-        if stem is None:
-            continue
-        labelKey = _stripWord(stem, LABEL_WORDS)
-        if labelKey != stem or path.name.lower().endswith(".seg.nrrd"):
-            labels[labelKey] = path
-        else:
-            images[_stripWord(stem, IMAGE_WORDS)] = path
-    found = [(name, images[name], labels[name]) for name in sorted(images.keys() & labels.keys())]
-    unpaired = [(images[name], "label") for name in sorted(images.keys() - labels.keys())]
-    unpaired += [(labels[name], "CT") for name in sorted(labels.keys() - images.keys())]
-    return found, unpaired
+def checkData(arguments: list[str], cli: list[str] | None = None) -> list[dict]:
+    """The child's record of each pair and each file without a partner; its own message when it found none."""
+    from .Run import cliCommand
+
+    records = []
+    command = [*(cli or cliCommand()), "check-data", *arguments, "--progress", "jsonl"]
+    result = BlockingProcess().run(command, childEnvironment(),
+                                   lambda record: record["stage"] == STAGE_CHECK and records.append(record))
+    if not records:  # with records, a non-zero exit only says there are fewer than 2 usable pairs here
+        raise UserInputError(result.failureMessage() if not result.succeeded else
+                             f"`liver-e2net check-data {' '.join(arguments)}` found no pairs")
+    return records
 
 
-def _stripWord(stem: str, words: tuple[str, ...]) -> str:
-    match = re.fullmatch(rf"(.+?)[_.-]({'|'.join(words)})", stem, flags=re.IGNORECASE)
-    return match.group(1) if match else stem
-
-
-def readFilePair(pair: TrainingPair):
-    """(CT image, label array) of a file pair, read and checked by the core's own training readers."""
-    from liver_e2net.io import read_ct
-    from liver_e2net.training.labels import read_label
-
-    ct = read_ct(pair.imagePath)
-    return ct, read_label(pair.labelPath, ct)
-
-
-def checkFilePair(pair: TrainingPair) -> TrainingPair:
-    pair.problem = pair.warning = ""
-    try:
-        ct, label = readFilePair(pair)
-    except UserInputError as error:
-        pair.problem = str(error)
-        return pair
-    direction = np.reshape(ct.GetDirection(), (3, 3))
-    pair.slices = int(ct.GetSize()[int(np.argmax(np.abs(direction[2])))])
-    pair.hasTumor = bool((label == 2).any())
-    if not (label == 1).any():
-        pair.problem = "only tumor voxels (value 2), no liver (value 1): label the liver too (tumors lie inside it)"
-    return pair
+def filePair(record: dict, origin: str) -> TrainingPair:
+    if "file" in record:  # pairs with nothing: it is shown with the reason
+        path = Path(record["file"])
+        return TrainingPair(record["name"], origin, imagePath=path, labelPath=path, problem=record["problem"])
+    return TrainingPair(record["name"], origin, imagePath=Path(record["image"]), labelPath=Path(record["label"]),
+                        slices=record["slices"], hasTumor=record["tumor"], problem=record["problem"],
+                        warning=record["warning"])

@@ -72,8 +72,9 @@ def cliCommand() -> list[str]:
     return [pythonExecutable(), "-m", "liver_e2net"]
 
 
-def trainCommand(cli: list[str], settings: TrainingSettings, dataFolder: Path) -> list[str]:
-    command = [*cli, "train", "--data", str(dataFolder),
+def trainCommand(cli: list[str], settings: TrainingSettings, pairList: Path) -> list[str]:
+    """A new run on the pairs of `pairList`, the JSON list the export writes (protocol.TRAINING_PAIRS)."""
+    command = [*cli, "train", "--data", str(pairList),
                "-o", str(settings.runFolder), "--epochs", str(settings.epochs),
                "--val-fraction", str(settings.validationShare), "--batch-size", str(settings.batchSize)]
     if settings.fineTune:

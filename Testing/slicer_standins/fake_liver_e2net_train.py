@@ -8,6 +8,8 @@ FAKE_TRAIN selects the behaviour:
   oom   a CUDA out-of-memory traceback on stderr, exit code 1.
   die   one epoch, then the process kills itself (SIGKILL), as the kernel's OOM killer would.
   fail  the core's failure protocol: an error line on stdout, the message on stderr, exit code 2.
+Its --data must be a JSON list whose files exist (the real `train` reads it in the self-test); any other command
+(`check-data`) is the real `liver_e2net`'s.
 """
 
 import argparse
@@ -27,13 +29,24 @@ def emit(stage, fraction, message="", **extra):
 
 
 def main():
+    if sys.argv[1:2] != ["train"]:
+        from liver_e2net.cli import main as realCli
+
+        sys.exit(realCli(sys.argv[1:]))
     parser = argparse.ArgumentParser()
     parser.add_argument("command")
     parser.add_argument("-o", "--output")
     parser.add_argument("--resume")
+    parser.add_argument("--data")
     parser.add_argument("--epochs", type=int, default=2)
     args, _ = parser.parse_known_args()
     mode = os.environ.get("FAKE_TRAIN", "ok")
+    if args.data:  # the export's list: {"name", "image", "label"} entries, paths relative to the list
+        listing = Path(args.data)
+        for entry in json.loads(listing.read_text()):
+            missing = [entry[key] for key in ("image", "label") if not (listing.parent / entry[key]).exists()]
+            if missing or not entry["name"]:
+                sys.exit(f"bad entry in {listing}: {entry}")
     output = Path(args.resume or args.output)
     output.mkdir(parents=True, exist_ok=True)
     signal.signal(signal.SIGINT, lambda signum, frame: stopRequested.append(signum))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
+from ..protocol import is_dicom_file
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SOP_CLASS_NAMES = {
@@ -44,7 +45,6 @@ HEADER_TAGS = [
     "NumberOfFrames",
 ]
 AXIAL_MIN_COSINE = 0.8  # slice normal within ~37 degrees of the body axis: axial, gantry tilt allowed
-RAW_DICOM_STARTS = (b"\x08\x00\x00\x00", b"\x08\x00\x05\x00", b"\x08\x00\x08\x00", b"\x08\x00\x16\x00")
 
 
 @dataclass(frozen=True)
@@ -64,19 +64,6 @@ class Series:
 class Rejected:
     source: str
     reason: str
-
-
-def is_dicom_file(path: str | Path) -> bool:
-    """Part-10 files carry 'DICM' after a 128-byte preamble (whatever their name); older exports (no preamble)
-    start with a group 0008 element. Only regular files: opening a named pipe would block."""
-    try:
-        if not os.path.isfile(path):
-            return False
-        with open(path, "rb") as stream:
-            start = stream.read(132)
-    except OSError:
-        return False
-    return start[128:] == b"DICM" or start[:4] in RAW_DICOM_STARTS
 
 
 def folder_series(folder: str | Path) -> Series:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..protocol import OUTPUT_SUFFIXES, VOLUME_SUFFIXES
-from .dicom_tree import Rejected, group_series, is_dicom_file, safe_name
+from ..protocol import OUTPUT_SUFFIXES, VOLUME_SUFFIXES, is_dicom_file
+from .dicom_tree import Rejected, group_series, safe_name
 
 CSV_PATH_COLUMNS = ("path", "image", "ct", "input", "file")
 CSV_NAME_COLUMNS = ("case", "name", "id", "case_id")

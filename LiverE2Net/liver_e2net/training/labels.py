@@ -7,7 +7,6 @@ liver and tumor segments are recognised by name, so a user's "Liver" + "Tumor_1"
 from __future__ import annotations
 
 import logging
-import re
 from pathlib import Path
 
 import numpy as np
@@ -15,28 +14,9 @@ import SimpleITK as sitk
 
 from ..errors import UserInputError
 from ..io import read_image
+from ..protocol import segment_role
 
 log = logging.getLogger("liver_e2net.training")
-
-TUMOR_WORDS = ("tumor", "tumour", "lesion", "metasta", "neoplasm", "cancer", "carcinoma", "hcc", "nodule")
-NOT_LIVER_WORDS = (
-    "vessel",
-    "vein",
-    "arter",
-    "portal",
-    "duct",
-    "biliary",
-)  # liver-named structures that are not it
-
-
-def segment_role(name: str) -> str | None:
-    """'liver', 'tumor' or None (ignored) for a segment name, case-insensitively."""
-    words = re.sub(r"[^a-z]+", " ", name.lower())
-    if any(word in words for word in TUMOR_WORDS):
-        return "tumor"  # before the liver test: "Liver tumor" is a tumor
-    if ("liver" in words or "hepar" in words) and not any(word in words for word in NOT_LIVER_WORDS):
-        return "liver"
-    return None
 
 
 def read_label(path: Path, ct: sitk.Image) -> np.ndarray:
@@ -78,6 +58,10 @@ def check_label_values(array: np.ndarray, name: str) -> np.ndarray:
 def check_has_liver(label: np.ndarray, name: str) -> None:
     if not (label >= 1).any():
         raise UserInputError(f"{name} has no liver (no voxel labelled 1 or 2): every training case needs one")
+    if not (label == 1).any():  # a liver mask saved as 2, or tumors drawn alone: the liver would be all tumor
+        raise UserInputError(
+            f"{name} has only tumor voxels (value 2), no liver (value 1): label the liver too (tumors lie inside it)"
+        )
 
 
 def geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:

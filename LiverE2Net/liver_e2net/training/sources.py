@@ -1,6 +1,7 @@
 """Where training cases come from: file pairs found in a dataset folder or JSON list, or arrays (Slicer).
 
-Only pairing and naming happen here; reading and checking the volumes is `cases.read_case`'s job.
+Only finding and naming happen here, by the file-name rules of `protocol` (shared with the Slicer side); reading
+and checking the volumes is `cases.read_case`'s job.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
-from ..protocol import OUTPUT_SUFFIXES
-from ..protocol import VOLUME_SUFFIXES as CT_SUFFIXES
+from ..protocol import (
+    NNUNET_CHANNEL,
+    NNUNET_IMAGES,
+    NNUNET_LABELS,
+    TRAINING_PAIRS,
+    pair_flat_folder,
+    pair_nnunet,
+    volume_stem,
+)
 
 log = logging.getLogger("liver_e2net.training")
-
-VOLUME_SUFFIXES = OUTPUT_SUFFIXES + CT_SUFFIXES  # a label may be a Slicer .seg.nrrd; longest suffix first
-NNUNET_CHANNEL = "_0000"  # nnU-Net names the (single) image channel NAME_0000.ext
 
 
 @dataclass(frozen=True)
@@ -47,63 +52,65 @@ class TrainingCase:
 
 
 CaseSource = CasePaths | TrainingCase
-
-
-def volume_stem(path: Path) -> str | None:
-    """The case part of a volume file name (suffix removed), or None for files that are not volumes."""
-    name = path.name
-    for suffix in VOLUME_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return None
+Unpaired = tuple[Path, str]  # a file that pairs with nothing, and why
 
 
 def discover(data: str | Path) -> list[CasePaths]:
-    """Cases of an nnU-Net style folder (imagesTr/ + labelsTr/) or of a JSON list of {"image", "label"}."""
+    """The cases of `data` (see find_pairs); a file that pairs with nothing is an error naming it."""
+    cases, unpaired = find_pairs(data)
+    if unpaired:
+        raise UserInputError(
+            f"{data}: these files cannot be paired: "
+            + "; ".join(f"{path}: {problem}" for path, problem in unpaired)
+        )
+    return cases
+
+
+def find_pairs(data: str | Path) -> tuple[list[CasePaths], list[Unpaired]]:
+    """Cases of an nnU-Net style folder (imagesTr/ + labelsTr/), a folder of NAME_ct + NAME_label files, or a JSON
+    list of {"image", "label"}; and the files that pair with nothing, each with the reason."""
     data = Path(data)
     if data.is_file() and data.suffix.lower() == ".json":
         return _from_json(data)
-    if data.is_dir() and (data / "imagesTr").is_dir() and (data / "labelsTr").is_dir():
-        return _from_folder(data)
     if not data.exists():
         raise UserInputError(f"training data not found: {data}")
-    raise UserInputError(
-        f"{data} is neither a folder holding imagesTr/ and labelsTr/ nor a .json list of "
-        '{"image": ..., "label": ...} entries; use --case CT LABEL for single pairs'
-    )
-
-
-def _from_folder(folder: Path) -> list[CasePaths]:
-    images: dict[str, Path] = {}
-    for path in sorted((folder / "imagesTr").iterdir()):
-        if path.name.startswith("."):
-            continue
-        stem = path.name if path.is_dir() else volume_stem(path)  # a sub-folder is a DICOM series
-        if stem is None:
-            log.info("ignoring %s: not a volume file", path)
-            continue
-        images[stem[: -len(NNUNET_CHANNEL)] if stem.endswith(NNUNET_CHANNEL) else stem] = path
-    labels: dict[str, Path] = {}
-    for path in sorted((folder / "labelsTr").iterdir()):
-        stem = volume_stem(path) if path.is_file() and not path.name.startswith(".") else None
-        if stem is None:
-            log.info("ignoring %s: not a label file", path)
-            continue
-        labels[stem] = path
-    unpaired = [str(images[n]) for n in sorted(set(images) - set(labels))]
-    unpaired += [str(labels[n]) for n in sorted(set(labels) - set(images))]
-    if unpaired:
+    if not data.is_dir():
         raise UserInputError(
-            f"{folder}: these files have no partner of the same case name in imagesTr/ or "
-            f"labelsTr/: {', '.join(unpaired)} (images are NAME.ext or NAME_0000.ext, labels NAME.ext)"
+            f'{data} is neither a folder nor a .json list of {{"image": ..., "label": ...}} entries; use '
+            "--case CT LABEL for single pairs"
         )
-    if not images:
-        raise UserInputError(f"{folder}: imagesTr/ holds no volumes")
-    return [CasePaths(name, images[name], labels[name]) for name in sorted(images)]
+    if (data / NNUNET_IMAGES).is_dir():
+        pairs, unpaired = pair_nnunet(
+            _entries(data / NNUNET_IMAGES, series=True), _entries(data / NNUNET_LABELS)
+        )
+        if not pairs and not unpaired:
+            raise UserInputError(f"{data}: {NNUNET_IMAGES}/ holds no volumes")
+    else:
+        pairs, unpaired = pair_flat_folder(_entries(data))
+        if not pairs and not unpaired:
+            raise UserInputError(
+                f"{data} holds no CT + label pairs: NAME_ct + NAME_label files (.nii.gz, .nrrd, .mha, or a "
+                f".seg.nrrd label), {NNUNET_IMAGES}/ + {NNUNET_LABELS}/, or a {TRAINING_PAIRS}-style JSON list"
+            )
+    return [CasePaths(name, image, label) for name, image, label in pairs], unpaired
 
 
-def _from_json(path: Path) -> list[CasePaths]:
-    """A list of entries, or an MSD dataset.json ({"training": [...]}); relative paths start at the file."""
+def _entries(folder: Path, series: bool = False) -> list[Path]:
+    """The volume files of a folder (and, for images, sub-folders: DICOM series); others are logged and left."""
+    entries = []
+    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if (series and path.is_dir() and not path.name.startswith(".")) or (
+            path.is_file() and volume_stem(path)
+        ):
+            entries.append(path)
+        elif not path.name.startswith("."):
+            log.info("ignoring %s: not a volume file", path)
+    return entries
+
+
+def _from_json(path: Path) -> tuple[list[CasePaths], list[Unpaired]]:
+    """A list of entries, or an MSD dataset.json ({"training": [...]}); relative paths start at the file. Keys other
+    than "image", "label" and "name" are ignored (the training panel's export records where each pair came from)."""
     try:
         entries = json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -112,16 +119,18 @@ def _from_json(path: Path) -> list[CasePaths]:
         entries = entries.get("training")
     if not isinstance(entries, list) or not entries:
         raise UserInputError(f'{path} must hold a non-empty list of {{"image": ..., "label": ...}} entries')
-    cases = []
+    cases, missing = [], []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
             raise UserInputError(f'{path}: entry {index} needs "image" and "label" keys, got {entry!r}')
         image, label = (path.parent / entry[key] for key in ("image", "label"))
-        for file in (image, label):
-            if not file.exists():
-                raise UserInputError(f"{path}: entry {index} names {file}, which does not exist")
-        cases.append(CasePaths(str(entry.get("name") or case_name(image)), image, label))
-    return cases
+        absent = [file for file in (image, label) if not file.exists()]
+        missing += [
+            (file, f"entry {index} of {path.name} names it, but it does not exist") for file in absent
+        ]
+        if not absent:
+            cases.append(CasePaths(str(entry.get("name") or case_name(image)), image, label))
+    return cases, missing
 
 
 def case_name(image: Path) -> str:
