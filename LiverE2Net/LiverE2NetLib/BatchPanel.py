@@ -10,13 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import qt
-import vtk
 from liver_e2net.errors import UserInputError
-from slicer.util import VTKObservationMixin
 
 from .Batch import COHORT_TABLE, BatchProgress, BatchSource
 from .Dependencies import DependencyInstaller
 from .Panel import ERROR_STYLE, STAGE_LABELS
+from .PanelBase import PanelBase
 from .RunState import IDLE, RUNNING, RunButton
 from .Segments import SegmentationCancelled, SegmentationError
 
@@ -37,18 +36,17 @@ def showTableInViews(tableNode) -> None:
     applicationLogic.PropagateTableSelection()
 
 
-class BatchPanel(VTKObservationMixin):
+class BatchPanel(PanelBase):
+    """Cancelling kills the child; the cases it finished stay, and a new run resumes the batch."""
+
     def __init__(self, ui, logic):
-        VTKObservationMixin.__init__(self)
-        self.ui, self.logic = ui, logic
-        self.runButton = RunButton(ui.batchRunButton, RUN_TEXT,
-                                   "Stop the batch; finished cases are kept and a new run resumes.")
+        PanelBase.__init__(self, ui, logic, RunButton(ui.batchRunButton, RUN_TEXT,
+                                                      "Stop the batch; finished cases are kept and a new run resumes."))
         self.progress = BatchProgress()
         self.chooseFolder = chooseFolderDialog
         self.showTable = showTableInViews
         self.onStateChanged = lambda: None  # the widget links the segmentation panel here
         self.dependencies = DependencyInstaller()  # the widget shares the segmentation panel's
-        self._parameterNode = None
         self._studies = []
         self._studiesListed = False  # listed once when the DICOM source is first shown, then on Refresh
         ui.batchInputFolderButton.clicked.connect(self.onChooseInputFolder)
@@ -57,25 +55,6 @@ class BatchPanel(VTKObservationMixin):
         ui.batchRunButton.clicked.connect(self.onRunButton)
         ui.batchOpenTableButton.clicked.connect(self.onOpenTable)
         ui.batchProgressBar.setVisible(False)
-
-    def setParameterNode(self, parameterNode) -> None:
-        if self._parameterNode:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
-        self._parameterNode = parameterNode
-        if parameterNode:
-            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
-        self.updateGui()
-
-    @property
-    def state(self) -> str:
-        return self.runButton.state
-
-    def cancel(self) -> None:
-        """Kills the child; the cases it finished stay, and a new run resumes the batch."""
-        if self.runButton.requestCancel():
-            self.showStatus("Cancelling...")
-            self.logic.cancel()
-            self.updateGui()
 
     # Inputs
 

@@ -9,12 +9,11 @@ The model list fills the batch section's model selector too: both follow the one
 from __future__ import annotations
 
 import qt
-import vtk
 from liver_e2net.errors import UserInputError
-from slicer.util import VTKObservationMixin
 
 from .Dependencies import DependencyInstaller
 from .Models import Device, forgetModelInfo
+from .PanelBase import PanelBase
 from .RunState import IDLE, RUNNING, RunButton
 from .Segments import (
     SegmentationCancelled,
@@ -48,16 +47,14 @@ def chooseFolderDialog() -> str:
     return qt.QFileDialog.getExistingDirectory(None, "Export STL files to folder")
 
 
-class SegmentationPanel(VTKObservationMixin):
+class SegmentationPanel(PanelBase):
     def __init__(self, ui, logic):
-        VTKObservationMixin.__init__(self)
-        self.ui, self.logic = ui, logic
-        self.runButton = RunButton(ui.applyButton, APPLY_TEXT, "Stop the segmentation; the scene stays as it was.")
+        PanelBase.__init__(self, ui, logic, RunButton(ui.applyButton, APPLY_TEXT,
+                                                      "Stop the segmentation; the scene stays as it was."))
         self.askReplace = askReplaceDialog
         self.chooseFolder = chooseFolderDialog
         self.onStateChanged = lambda: None  # the widget links the batch section here
         self.dependencies = DependencyInstaller(onInstalled=self.onDependenciesInstalled)  # the batch's too
-        self._parameterNode = None
         self._models = []
         self._lesions = []
         ui.applyButton.clicked.connect(self.onApplyButton)
@@ -71,25 +68,9 @@ class SegmentationPanel(VTKObservationMixin):
         ui.progressBar.setVisible(False)
         ui.lesionTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
 
-    def setParameterNode(self, parameterNode) -> None:
-        if self._parameterNode:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
-        self._parameterNode = parameterNode
-        if parameterNode:
-            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
-            self.refreshModels()
-            self.refreshDevices()
-        self.updateGui()
-
-    @property
-    def state(self) -> str:
-        return self.runButton.state
-
-    def cancel(self) -> None:
-        if self.runButton.requestCancel():
-            self.showStatus("Cancelling...")
-            self.logic.cancel()
-            self.updateGui()
+    def onParameterNodeSet(self) -> None:
+        self.refreshModels()
+        self.refreshDevices()
 
     def onDependenciesInstalled(self) -> None:
         forgetModelInfo()

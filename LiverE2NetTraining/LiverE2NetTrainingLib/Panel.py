@@ -10,12 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import slicer
-import vtk
 from liver_e2net.errors import UserInputError
 from LiverE2NetLib.Dependencies import DependencyInstaller, coreRequirements, plotRequirements
 from LiverE2NetLib.Models import Device, forgetModelInfo, gpuStatus
+from LiverE2NetLib.PanelBase import PanelBase
 from LiverE2NetLib.RunState import CANCELLING, IDLE, RUNNING, RunButton
-from slicer.util import VTKObservationMixin
 
 from .Pairs import TrainingPair
 from .Plot import plotAvailable, renderHistory
@@ -47,20 +46,18 @@ def askReplaceRunDialog(text: str) -> bool:
     return answer == qt.QMessageBox.Yes
 
 
-class TrainingPanel(VTKObservationMixin):
+class TrainingPanel(PanelBase):
     def __init__(self, ui, logic):
-        VTKObservationMixin.__init__(self)
-        self.ui, self.logic = ui, logic
+        PanelBase.__init__(self, ui, logic, RunButton(
+            ui.startButton, "Start training", "Stop after the current step; the best model so far is kept.",
+            runningText="Stop", cancellingText="Stopping..."))
         self.pairs: list[TrainingPair] = []
         self.run = None  # the TrainingRun of this session, running or ended
         self.runtimeOptions: dict = {}  # extra TrainingSettings fields (steps per epoch, threads, cache) for tests
         self.chooseFolder, self.chooseSceneFile = chooseFolderDialog, chooseSceneFileDialog
         self.askReplaceRun = askReplaceRunDialog
-        self.runButton = RunButton(ui.startButton, "Start training", "Stop after the current step; the best model so "
-                                   "far is kept.", runningText="Stop", cancellingText="Stopping...")
         self.dependencies = DependencyInstaller([*coreRequirements(), *plotRequirements()],
                                                 onInstalled=self.onDependenciesInstalled)
-        self._parameterNode = None
         self._plottedEpochs = -1
         ui.addFromSceneButton.clicked.connect(self.onAddFromScene)
         ui.addSceneFileButton.clicked.connect(self.onAddSceneFile)
@@ -82,14 +79,8 @@ class TrainingPanel(VTKObservationMixin):
         self.refreshDevices()
         self.showPlotNote()
 
-    def setParameterNode(self, parameterNode) -> None:
-        if self._parameterNode:
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
-        self._parameterNode = parameterNode
-        if parameterNode:
-            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
-            self.refreshDevices()
-        self.updateGui()
+    def onParameterNodeSet(self) -> None:
+        self.refreshDevices()
 
     def refreshDevices(self) -> None:
         """The GPU choice is greyed out, with the reason, where PyTorch reaches no GPU."""

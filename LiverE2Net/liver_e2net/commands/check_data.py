@@ -12,6 +12,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
 from ..protocol import MIN_TRAINING_CASES, PAIR_KEYS, STAGE_CHECK, STAGE_DONE, UNPAIRED_KEYS
+from . import add_data_arguments
 
 
 def register(subparsers) -> None:
@@ -23,22 +24,7 @@ def register(subparsers) -> None:
         "liver, on the CT's grid, CT values in HU. Prints a table (or --json) of usable pairs and why the others "
         f"are not. Exit code 0 when at least {MIN_TRAINING_CASES} pairs are usable, else 2.",
     )
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="DIR_OR_JSON",
-        help="folder with imagesTr/ + labelsTr/ or NAME_ct + NAME_label files, or a JSON list of "
-        '{"image": ..., "label": ...}; repeatable',
-    )
-    parser.add_argument(
-        "--case",
-        action="append",
-        default=[],
-        nargs=2,
-        metavar=("CT", "LABEL"),
-        help="one CT (file or DICOM folder) and its label map or .seg.nrrd; repeatable",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--json",
         action="store_true",
@@ -49,16 +35,13 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.sources import CasePaths, check_unique, find_pairs, pair_name
+    from ..training.sources import check_unique, given_cases
 
     if not args.data and not args.case:
         raise UserInputError("give the training data: --data DIR_OR_JSON and/or --case CT LABEL")
     cases, unpaired = [], []
-    for data in args.data:
-        found, lonely = find_pairs(data)
-        cases += found
-        unpaired += [dict(zip(UNPAIRED_KEYS, (path.name, str(path), problem))) for path, problem in lonely]
-    cases += [CasePaths(pair_name(Path(ct), Path(label)), Path(ct), Path(label)) for ct, label in args.case]
+    cases, lonely = given_cases(args.data, args.case, strict=False)
+    unpaired = [dict(zip(UNPAIRED_KEYS, (path.name, str(path), problem))) for path, problem in lonely]
     check_unique(cases)
     progress = make_reporter(args.progress)
     pairs = []

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..config import CONFIGS, CONTEXT_SLICES
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
+from . import add_data_arguments
 
 # Options that become TrainConfig fields (None = not given, so a resumed run can tell what was asked for).
 CONFIG_OPTIONS = (
@@ -43,22 +44,7 @@ def register(subparsers) -> None:
         "and train.log to the output folder. Runs under torchrun --nproc_per_node=N as well.",
     )
     data = parser.add_argument_group("data")
-    data.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="DIR_OR_JSON",
-        help="folder with imagesTr/ + labelsTr/ (nnU-Net style), or a JSON list of "
-        '{"image": ..., "label": ...}; repeatable',
-    )
-    data.add_argument(
-        "--case",
-        action="append",
-        default=[],
-        nargs=2,
-        metavar=("CT", "LABEL"),
-        help="one CT (file or DICOM folder) and its label map or .seg.nrrd; repeatable",
-    )
+    add_data_arguments(data)
     data.add_argument(
         "--val-cases", type=_names, metavar="NAME,...", help="comma-separated validation case names"
     )
@@ -155,17 +141,16 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..devices import available_cores, configure_threads
-    from ..training import CasePaths, TrainConfig, discover, read_state, train
+    from ..training import TrainConfig, read_state, train
     from ..training.config import ACQUISITION_AUGMENTATION, DEFAULT_LR, AugmentConfig
-    from ..training.sources import pair_name
+    from ..training.sources import given_cases
 
     if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
         raise UserInputError("--resume DIR writes into DIR; leave out -o/--output or give the same folder")
     output = args.resume or args.output
     if not output:
         raise UserInputError("give an output folder with -o/--output DIR (or --resume DIR)")
-    sources = [case for folder in args.data for case in discover(folder)]
-    sources += [CasePaths(pair_name(Path(ct), Path(label)), Path(ct), Path(label)) for ct, label in args.case]
+    sources, _ = given_cases(args.data, args.case)
     overrides = {name: getattr(args, name) for name in CONFIG_OPTIONS if getattr(args, name) is not None}
     if "optimizer" in overrides and "lr" not in overrides:
         overrides["lr"] = DEFAULT_LR[overrides["optimizer"]]

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
+from . import add_data_arguments
 from .segment import check_writable
 
 
@@ -22,22 +23,7 @@ def register(subparsers) -> None:
         "with the filter to OUT.pt. `segment` then uses it (--fp-filter auto|on|off).",
     )
     parser.add_argument("--model", required=True, metavar="MODEL.pt", help="the model to filter")
-    parser.add_argument(
-        "--data",
-        action="append",
-        default=[],
-        metavar="DIR_OR_JSON",
-        help='folder with imagesTr/ + labelsTr/, or a JSON list of {"image": ..., "label": ...} '
-        "(as for train); repeatable",
-    )
-    parser.add_argument(
-        "--case",
-        action="append",
-        default=[],
-        nargs=2,
-        metavar=("CT", "LABEL"),
-        help="one CT and its label map; repeatable",
-    )
+    add_data_arguments(parser)
     parser.add_argument("-o", "--output", required=True, metavar="OUT.pt", help="model file with the filter")
     parser.add_argument(
         "--synthetic-copies",
@@ -61,15 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from ..fp_filter import FalsePositiveFilter, fit_filter
     from ..pipeline import Segmenter
     from ..training.fp_candidates import collect_candidates
-    from ..training.sources import CasePaths, check_unique, discover, pair_name
+    from ..training.sources import check_unique, given_cases
 
     if args.synthetic_copies < 0 or args.trees < 1:
         raise UserInputError("--synthetic-copies must be >= 0 and --trees >= 1")
     check_writable([args.output], None)
     if Path(args.output).is_dir():
         raise UserInputError(f"-o {args.output} is a folder; give a model file name such as model_fp.pt")
-    sources = [case for folder in args.data for case in discover(folder)]
-    sources += [CasePaths(pair_name(Path(ct), Path(label)), Path(ct), Path(label)) for ct, label in args.case]
+    sources, _ = given_cases(args.data, args.case)
     if not sources:
         raise UserInputError("no labelled cases: pass --data DIR_OR_JSON or --case CT LABEL")
     check_unique(sources)

@@ -133,6 +133,20 @@ def _from_json(path: Path) -> tuple[list[CasePaths], list[Unpaired]]:
     return cases, missing
 
 
+def given_cases(
+    data: list[str], pairs: list[tuple[str, str]], strict: bool = True
+) -> tuple[list[CasePaths], list[Unpaired]]:
+    """The cases of --data folders/lists and --case pairs, and the files of --data that found no partner (strict:
+    such a file is an error, as for training)."""
+    cases, unpaired = [], []
+    for source in data:
+        found, lonely = (discover(source), []) if strict else find_pairs(source)
+        cases += found
+        unpaired += lonely
+    cases += [CasePaths(pair_name(Path(ct), Path(label)), Path(ct), Path(label)) for ct, label in pairs]
+    return cases, unpaired
+
+
 def case_name(image: Path) -> str:
     stem = image.name if image.is_dir() else (volume_stem(image) or image.stem)
     return stem[: -len(NNUNET_CHANNEL)] if stem.endswith(NNUNET_CHANNEL) else stem
