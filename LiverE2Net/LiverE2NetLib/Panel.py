@@ -212,11 +212,12 @@ class SegmentationPanel(PanelBase):
                 label.setText("-")
             return
         seconds = report.get("seconds", {})
+        threads = report.get("threads", "?")
         self.ui.timeLabel.setText(f"{seconds.get('wall', seconds.get('total', 0.0)):.1f} s on {report.get('device', '?')}"
-                                  f" ({report.get('threads', '?')} threads)")
+                                  f" ({threads} thread{'' if threads == 1 else 's'})")
         self.ui.liverVolumeLabel.setText(f"{report['liver_ml']:.1f} ml")
         self.ui.tumorBurdenLabel.setText(f"{report['tumor_burden_percent']:.2f} % ({report['tumor_ml']:.1f} ml in "
-                                         f"{len(self._lesions)} lesions)")
+                                         f"{len(self._lesions)} lesion{'' if len(self._lesions) == 1 else 's'})")
         for row, lesion in enumerate(self._lesions):
             centre = lesionCentreRas(segmentationNode, lesion)
             cells = [str(lesion["id"]), f"{lesion['volume_ml']:.2f}", f"{lesion['largest_axial_diameter_mm']:.1f}",

@@ -165,7 +165,7 @@ def _stem(name: str) -> str:
 def finish(args: argparse.Namespace, progress, report: dict, segmenter) -> None:
     message = (
         f"liver {report['liver_ml']:.1f} ml, tumor {report['tumor_ml']:.1f} ml "
-        f"({len(report['lesions'])} lesions, burden {report['tumor_burden_percent']:.2f} %) "
+        f"({len(report['lesions'])} lesion{'' if len(report['lesions']) == 1 else 's'}, burden {report['tumor_burden_percent']:.2f} %) "
         f"in {report['seconds']['total']:.1f} s on {segmenter.device}"
     )
     progress("done", 1.0, message, liver_ml=report["liver_ml"], tumor_ml=report["tumor_ml"])
