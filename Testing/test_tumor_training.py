@@ -60,6 +60,13 @@ def test_validation_cases_without_tumors_get_the_same_synthetic_tumors_every_tim
         assert not np.array_equal(np.asarray(original.ct), painted.ct)
     # Cases that already hold tumors are kept as they are.
     assert with_synthetic_tumors(first, seed=4, config=config)[0] is first[0]
+    # New runs (fixed_validation_tumors) are scored on the same tumors whatever their seed and size weights.
+    runs = [TrainConfig(synthetic_tumors=0.5, seed=seed, synthetic_size_weights=weights, fixed_validation_tumors=True)
+            for seed, weights in ((0, (0.2, 0.35, 0.3, 0.15)), (7, (0, 0, 0, 1)))]
+    labels = [with_synthetic_tumors(cases, *run.validation_tumors())[0].label for run in runs]
+    assert np.array_equal(labels[0], labels[1]) and (labels[0] == 2).any()
+    older = TrainConfig(synthetic_tumors=0.5, seed=7)  # a run from before the field: its seed draws the tumors
+    assert older.validation_tumors()[0] == 7
 
 
 def test_size_weights_steer_the_synthetic_diameters():

@@ -72,6 +72,10 @@ class TrainConfig:
     # real livers; the generator keeps a 3 mm margin otherwise).
     synthetic_border_probability: float = 0.0
     tumor_pos_weight: float = 1.0  # weight of tumor pixels in the BCE terms; 1 = the paper's loss
+    # Validation cases without tumors get synthetic ones. True (every new run): the same tumors whatever --seed and
+    # --synthetic-size-weights, so runs on the same validation cases are scored alike and can be compared; False:
+    # drawn with the run's seed and size weights, as runs made before this field existed did.
+    fixed_validation_tumors: bool = False
     seed: int = 0
     stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
     stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
@@ -127,6 +131,12 @@ class TrainConfig:
 
     def synthetic_tumor_config(self) -> SyntheticTumorConfig:
         return SyntheticTumorConfig(size_class_weights=tuple(self.synthetic_size_weights))
+
+    def validation_tumors(self) -> tuple[int, SyntheticTumorConfig]:
+        """(seed, generator config) of the validation cases' synthetic tumors."""
+        if self.fixed_validation_tumors:
+            return 0, SyntheticTumorConfig()
+        return self.seed, self.synthetic_tumor_config()
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

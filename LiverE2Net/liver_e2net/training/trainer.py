@@ -149,9 +149,7 @@ class Trainer:
         self.training = [by_name[name] for name in training]
         self.validation = [by_name[name] for name in validation]
         if self.config.synthetic_tumors > 0 and 2 in self.config.stages:
-            self.validation = with_synthetic_tumors(
-                self.validation, self.config.seed, self.config.synthetic_tumor_config()
-            )
+            self.validation = with_synthetic_tumors(self.validation, *self.config.validation_tumors())
         log.info("training cases: %s; validation cases: %s", ", ".join(training), ", ".join(validation))
         self._initial_weights(state, init)
         self.stage_states: dict[str, dict[str, Any]] = state.get("stages", {})
