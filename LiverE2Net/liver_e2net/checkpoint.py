@@ -56,7 +56,7 @@ class Checkpoint:
         parts = [meta.get("name", self.path.stem if self.path else "model"), f"{self.config.name} config"]
         if meta.get("training_cases"):
             parts.append(f"{len(meta['training_cases'])} training cases")
-        if meta.get("epochs"):
+        if isinstance(meta.get("epochs"), int) and meta["epochs"]:  # one training run's; not a combined model's
             parts.append(f"{meta['epochs']} epochs")
         held_out = meta.get("held_out") or []
         parts += [describe_held_out(row) for row in held_out]

@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     for key in ("validation_dice", "synthetic_tumors", "training_cases", "validation_cases"):
         if key in second.metadata:
             metadata[key] = second.metadata[key]
-    if args.stage2 and first.metadata.get("epochs") and second.metadata.get("epochs"):
-        metadata["epochs"] = f"{first.metadata['epochs']} + {second.metadata['epochs']}"  # stage 1 + stage 2
+    if args.stage2:  # two runs (often fine-tuning chains): their epochs stay in stage1/2_training, not summed
+        metadata.pop("epochs", None)
     if args.name:
         metadata["name"] = args.name
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
