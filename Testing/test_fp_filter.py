@@ -247,6 +247,17 @@ def test_train_fp_filter_with_one_class_of_candidates_writes_nothing(tmp_path: P
     assert not out.exists()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def single_threshold_tumors():
+    """The speckled model's tumor probability is 0.5 give or take float noise, so the hysteresis of tumor_mask would
+    join every speckle through its halo into one component: here tumors are cut at the seed threshold alone."""
+    from liver_e2net import postprocessing
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(postprocessing, "TUMOR_EXTENT", postprocessing.TUMOR_SEED)
+        yield
+
+
 @pytest.fixture(scope="module")
 def speckled(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(model, CT, reference): a random model whose tumor output is speckle on case02, and a reference that

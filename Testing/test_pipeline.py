@@ -9,7 +9,7 @@ from core_helpers import SAMPLE_CT, biased_checkpoint, shared_case
 from liver_e2net.errors import UserInputError
 from liver_e2net.io import read_ct
 from liver_e2net.pipeline import Segmenter, TestTimeAugmentation
-from liver_e2net.postprocessing import compose_label
+from liver_e2net.postprocessing import TUMOR_EXTENT, TUMOR_SEED, compose_label, tumor_mask
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,18 @@ def test_compose_label_keeps_largest_liver_fills_holes_and_bounds_tumor() -> Non
     assert label[2, 6, 6] == 1
     assert not label[1:3, 16:18, 16:18].any()
     assert (label == 2).sum() == 4 and label[0, 0, 0] == 0
+
+
+def test_a_tumor_grows_from_its_seed_over_its_halo_and_a_halo_alone_is_no_tumor() -> None:
+    probability = np.zeros((3, 20, 20), np.float32)
+    halo = (TUMOR_EXTENT + TUMOR_SEED) / 2
+    probability[:, 2:9, 2:9] = halo
+    probability[1, 4:7, 4:7] = TUMOR_SEED + 0.1  # the seed: the core the network is sure of
+    probability[:, 12:18, 12:18] = halo  # a halo without a seed
+    probability[1, 10, 2] = TUMOR_EXTENT - 0.05  # below the extent threshold, beside the halo
+    mask = tumor_mask(probability)
+    assert mask[:, 2:9, 2:9].all() and mask.sum() == 3 * 7 * 7
+    assert not mask[:, 12:18, 12:18].any() and not mask[1, 10, 2]
 
 
 def test_test_time_fusion_stays_a_probability_and_changes_the_answer(sample_ct: sitk.Image) -> None:

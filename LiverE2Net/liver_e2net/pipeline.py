@@ -20,7 +20,7 @@ from .fp_filter import apply_filter, choose_filter
 from .io import Volume
 from .models import segmentation_logits
 from .models.fusion import fuse_batchnorm
-from .postprocessing import compose_label, demote_bright_tumors, largest_component
+from .postprocessing import compose_label, demote_bright_tumors, largest_component, tumor_mask
 from .preprocessing import (
     Box,
     bounding_box,
@@ -153,7 +153,7 @@ class Segmenter:
             mark = time.perf_counter()
             progress("postprocess", 0.9, "cleaning up")
             # Liver and tumors lie inside the box: clean up there, a fraction of the whole volume.
-            tumor = box_probabilities[1] > 0.5 if tumors else None
+            tumor = tumor_mask(box_probabilities[1]) if tumors else None
             label = np.zeros(volume.array.shape, np.uint8)
             label[box.slices] = demote_bright_tumors(
                 compose_label(box_probabilities[0] > 0.5, tumor, volume.voxel_ml, min_lesion_ml),

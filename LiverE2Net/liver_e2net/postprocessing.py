@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.filters import apply_hysteresis_threshold
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -42,6 +43,18 @@ def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     keep = sizes >= min_voxels
     keep[0] = False
     return keep[labelled]
+
+
+# A tumor is where its probability passes TUMOR_SEED; it extends over the voxels connected to it above TUMOR_EXTENT
+# (hysteresis). The network finds tumors by their darker cores and under-draws their extent; on the validation
+# case's synthetic tumors (case02, 9 tumors of 10-30 mm) the extent threshold 0.3 raised the mean tumor Dice from
+# 0.58 to 0.61 without a new candidate: a seed is still needed.
+TUMOR_SEED, TUMOR_EXTENT = 0.5, 0.3
+
+
+def tumor_mask(probability: np.ndarray) -> np.ndarray:
+    """Tumor voxels of a tumor-probability map: hysteresis between TUMOR_EXTENT and TUMOR_SEED (face-connected)."""
+    return apply_hysteresis_threshold(probability, TUMOR_EXTENT, TUMOR_SEED)
 
 
 def compose_label(
