@@ -9,6 +9,7 @@ checks them with the readers that checked them for the table (`check-data`).
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -57,7 +58,13 @@ def exportTrainingPairs(pairs: list[TrainingPair], folder: str | Path) -> list[s
                         "slices": pair.slices, "tumor": pair.hasTumor,
                         "liverSegments": [pair.segmentNames.get(i, i) for i in pair.liverSegmentIds],
                         "tumorSegments": [pair.segmentNames.get(i, i) for i in pair.tumorSegmentIds]})
-    (folder / TRAINING_PAIRS).write_text(json.dumps(entries, indent=1))
+    partial = folder / f".{TRAINING_PAIRS}.partial"  # renamed into place whole: train never reads half a list
+    try:
+        partial.write_text(json.dumps(entries, indent=1))
+        os.replace(partial, folder / TRAINING_PAIRS)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise UserInputError(f"cannot write {folder / TRAINING_PAIRS}: {error.strerror}. Is there space on the disk?") from None
     return names
 
 
