@@ -34,11 +34,9 @@ class PanelBase(VTKObservationMixin):
     def cancel(self) -> None:
         """Asks the running child to stop (the button greys out until it has); nothing when none runs."""
         if self.runButton.requestCancel():
-            self.showStatus(self.cancellingStatus)
+            self.showStatus("Cancelling...")
             self.logic.cancel()
             self.updateGui()
-
-    cancellingStatus = "Cancelling..."
 
     def updateGui(self, caller=None, event=None) -> None:
         raise NotImplementedError
