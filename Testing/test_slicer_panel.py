@@ -161,7 +161,7 @@ def test_accuracy_choice_goes_to_the_command_line(panelWidget, sampleCt, monkeyp
     panelWidget.logic.processFactory = RecordingProcess
     panelWidget.panel.askReplace = lambda name: "new"
     assert [ui.accuracySelector.itemText(i) for i in range(ui.accuracySelector.count())] == ["Fast", "Best"]
-    assert "about 6x the time" in ui.accuracySelector.toolTip() and parameters.accuracy == Accuracy.Fast
+    assert "--tta multiscale" in ui.accuracySelector.toolTip() and parameters.accuracy == Accuracy.Fast
     ui.inputSelector.setCurrentNode(sampleCt)
     run(panelWidget, "ok", monkeypatch)
     ui.accuracySelector.setCurrentIndex(ui.accuracySelector.findText("Best"))

@@ -24,8 +24,8 @@ class Device(enum.Enum):
 
 
 class Accuracy(enum.Enum):
-    """Member names are the panel's labels; values are the CLI's --tta. Best fuses three passes of stage 2 (scales
-    0.875, 1, 1.125): about 3x the time of Fast. No flip: the bundled model never saw mirrored anatomy, and flip
+    """Member names are the panel's labels; values are the CLI's --tta. Best fuses two passes of stage 2 (scales
+    0.875 and 1): about 2x the stage-2 time of Fast. No flip: the bundled model never saw mirrored anatomy, and flip
     fusion made it worse (liver -11 % on the sample CT)."""
 
     Fast = "none"

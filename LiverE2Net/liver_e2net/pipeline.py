@@ -37,7 +37,9 @@ from .protocol import TTA_MODES
 
 # Share of the progress bar each step takes (stage 2 runs the larger network on most slices).
 PROGRESS_SPAN = {"stage1": (0.05, 0.35), "stage2": (0.35, 0.9)}
-DEFAULT_TTA_SCALES = (0.875, 1.0, 1.125)
+# Each scale grows the liver a little (the net was trained at 1.0); 1.125 as well grew the sample CT's liver by
+# 2.5 % over Fast, these two by 1.6 %, with case01 level with Fast. Sizes round to the stride: steps of 0.125.
+DEFAULT_TTA_SCALES = (0.875, 1.0)
 STRIDE = 32  # the networks downsample by 32: inputs must be multiples of it
 
 

@@ -57,7 +57,7 @@ def add_segmenter_arguments(
         "--tta",
         default="none",
         choices=TTA_MODES,
-        help="test-time fusion of stage 2: multiscale (scales 0.875, 1, 1.125; the panel's Accuracy: Best, ~3x "
+        help="test-time fusion of stage 2: multiscale (scales 0.875 and 1; the panel's Accuracy: Best, ~2x "
         "stage-2 time) and/or a left-right flip (only for models trained with flips: it warns otherwise)",
     )
     parser.add_argument(
@@ -66,7 +66,7 @@ def add_segmenter_arguments(
         nargs="+",
         default=list(DEFAULT_TTA_SCALES),
         metavar="S",
-        help="scales for --tta multiscale, each 0.5-2 (default 0.875 1.0 1.125)",
+        help="scales for --tta multiscale, each 0.5-2 (default 0.875 1.0; the stage-2 input rounds to steps of 0.125)",
     )
     parser.add_argument(
         "--stl",
