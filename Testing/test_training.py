@@ -23,7 +23,7 @@ from liver_e2net.training.cache import prepare_cases
 from liver_e2net.training.cases import read_case
 from liver_e2net.training.labels import read_label, segment_role
 from liver_e2net.training.losses import stage1_loss, stage2_loss
-from liver_e2net.training.samples import EpochSampler, Stage1Samples, Stage2Samples, end_slice
+from liver_e2net.training.samples import EpochSampler, Stage1Samples, Stage2Samples
 from liver_e2net.training.sources import split_cases
 from liver_e2net.training.targets import edge_distance_map
 
@@ -237,26 +237,6 @@ def test_samples_have_inference_shapes_and_are_reproducible(tmp_path):
     tumor_share = np.mean([stage2[i][1][1].any().item() for i in range(40)])
     assert tumor_share > 0.5  # half the samples come from tumor slices, synthetic tumors add more
     assert list(EpochSampler(steps=3, batch_size=2, rank=1, world_size=2, start_step=1)) == [5, 7, 9, 11]
-
-
-def test_end_slices_are_drawn_from_the_quarters_at_either_end(tmp_path):
-    rng = np.random.default_rng(0)
-    drawn = {end_slice(rng, 10, 50) for _ in range(400)}
-    assert drawn == set(range(10, 20)) | set(range(40, 50))
-    assert {end_slice(rng, 3, 5) for _ in range(50)} == {3, 4}  # a quarter is at least one slice
-    # A liver in slices 2-9 of 12, two extra slices each side: the ends are slices 0-2 and 9-11, mostly no liver.
-    case = phantom("ends", shape=(12, 64, 64))
-    case.label[:2] = case.label[10:] = 0
-    cases = prepare_cases([case], tmp_path)
-
-    def liverless_share(fraction):
-        config = dataclasses.replace(QUICK, stage2_extra_slices=2, end_slice_fraction=fraction, tumor_slice_fraction=0)
-        samples = Stage2Samples(cases, TINY, config)
-        return np.mean([not samples[i][1][0].any().item() for i in range(60)])
-    assert liverless_share(1.0) > 0.5 > liverless_share(0.0)
-    for field, value in (("end_slice_fraction", 1.5), ("stage2_extra_slices", -1)):
-        with pytest.raises(UserInputError, match=field.replace("stage2_", "").replace("_", "-")):
-            dataclasses.replace(QUICK, **{field: value})
 
 
 # -- runs ---------------------------------------------------------------------------------------------------

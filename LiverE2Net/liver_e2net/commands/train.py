@@ -27,8 +27,6 @@ CONFIG_OPTIONS = (
     "synthetic_size_weights",
     "synthetic_border_probability",
     "tumor_pos_weight",
-    "end_slice_fraction",
-    "stage2_extra_slices",
     "stages",
     "seed",
     "bn_calibration_samples",
@@ -110,21 +108,6 @@ def register(subparsers) -> None:
         metavar="W",
         help="weight of tumor pixels in the BCE loss terms (default 1, the paper's loss; >1 is the weighted "
         "cross-entropy of H-DenseUNet and Chlebus et al. against the tumor/background imbalance)",
-    )
-    optimisation.add_argument(
-        "--extra-slices",
-        dest="stage2_extra_slices",
-        type=int,
-        metavar="N",
-        help="slices above and below the liver also given to stage 2 (default 2): with more, it learns that "
-        "the heart above the dome and the bowel below the tip are not liver",
-    )
-    optimisation.add_argument(
-        "--end-slice-fraction",
-        type=float,
-        metavar="P",
-        help="share of stage-2 samples drawn from the top and bottom quarter of the liver's slices and the "
-        "extra slices (default 0: uniform over slices), where 2D models drop the tip and leak into the heart",
     )
     optimisation.add_argument(
         "--acquisition-augmentation",

@@ -80,9 +80,6 @@ class TrainConfig:
     stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
     stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
     stage2_extra_slices: int = 2  # slices above and below the liver box also used in stage 2
-    # Share of stage-2 samples drawn from the top and bottom quarter of those slices: where 2D models drop the
-    # inferior tip and take the heart for liver at the dome, and where uniform sampling draws least liver.
-    end_slice_fraction: float = 0.0
     tumor_slice_fraction: float = 0.5  # share of a tumor case's stage-2 samples drawn from tumor slices
     ema_decay: float = 0.0  # weight average for validation and best.pt; 0 validates the last step's weights
     bn_calibration_samples: int = 64  # un-augmented samples that recompute BatchNorm statistics per epoch
@@ -111,11 +108,6 @@ class TrainConfig:
                 f"--synthetic-tumors {self.synthetic_tumors}: a probability in [0, 1]",
             ),
             (0 <= self.tumor_slice_fraction <= 1, "tumor_slice_fraction must be in [0, 1]"),
-            (
-                0 <= self.end_slice_fraction <= 1,
-                f"--end-slice-fraction {self.end_slice_fraction}: a probability in [0, 1]",
-            ),
-            (self.stage2_extra_slices >= 0, f"--extra-slices {self.stage2_extra_slices}: must be >= 0"),
             (
                 0 <= self.synthetic_border_probability <= 1,
                 f"--synthetic-border-probability {self.synthetic_border_probability}: a probability in [0, 1]",

@@ -172,8 +172,8 @@ class Stage2Samples(_Samples):
     """Slices of the ground-truth 3D liver box padded by a random 10-60 native pixels per side, resized to
     stage2_size: (image (K, S, S) of K context slices, masks (2, S, S) liver/tumor, edge targets (2, S, S)).
 
-    Slices come from the box and `stage2_extra_slices` beyond it; the ends of that range make up
-    `end_slice_fraction` of the samples, tumor slices `tumor_slice_fraction` of a tumor case's others, and with probability `synthetic_tumors` tumors are painted into the sample's slab.
+    Slices come from the box and a few beyond it; tumor slices make up `tumor_slice_fraction` of a tumor
+    case's samples, and with probability `synthetic_tumors` tumors are painted into the sample's slab.
     """
 
     stage = 2
@@ -202,11 +202,8 @@ class Stage2Samples(_Samples):
         flat = int(rng.integers(len(self)))
         case_index = int(np.searchsorted(self.first_slice, flat, side="right") - 1)
         case = self.cases[case_index]
-        z0, z1 = self.z_ranges[case_index]
-        z = z0 + flat - int(self.first_slice[case_index])
-        if self.config.end_slice_fraction and rng.random() < self.config.end_slice_fraction:
-            z = end_slice(rng, z0, z1)
-        elif case.tumor_slices and rng.random() < self.config.tumor_slice_fraction:
+        z = self.z_ranges[case_index][0] + flat - int(self.first_slice[case_index])
+        if case.tumor_slices and rng.random() < self.config.tumor_slice_fraction:
             z = int(rng.choice(case.tumor_slices))
         box = case.liver_box
         low, high = self.config.stage2_pad_native
@@ -244,13 +241,6 @@ class Stage2Samples(_Samples):
         except UserInputError:  # too little liver (or room) in this slab: keep the real slices
             pass
         return ct, label, z - z0
-
-
-def end_slice(rng: np.random.Generator, z0: int, z1: int) -> int:
-    """A slice of the bottom or top quarter (at least one slice) of [z0, z1), either end equally likely."""
-    quarter = max(1, (z1 - z0) // 4)
-    offset = int(rng.integers(quarter))
-    return z0 + offset if rng.random() < 0.5 else z1 - 1 - offset
 
 
 def _round_stride(pixels: float) -> int:
