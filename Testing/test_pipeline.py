@@ -86,6 +86,20 @@ def test_compose_label_keeps_largest_liver_fills_holes_and_bounds_tumor() -> Non
     assert (label == 2).sum() == 4 and label[0, 0, 0] == 0
 
 
+def test_tumor_hysteresis_equals_skimages() -> None:
+    from scipy import ndimage
+    from skimage.filters import apply_hysteresis_threshold
+
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        probability = ndimage.gaussian_filter(rng.random((20, 60, 60)).astype(np.float32), 2)
+        probability = (probability - probability.min()) / np.ptp(probability)
+        expected = apply_hysteresis_threshold(probability, TUMOR_EXTENT, TUMOR_SEED)
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(tumor_mask(probability), expected)
+    assert not tumor_mask(np.zeros((2, 3, 3), np.float32)).any()
+
+
 def test_a_tumor_grows_from_its_seed_over_its_halo_and_a_halo_alone_is_no_tumor() -> None:
     probability = np.zeros((3, 20, 20), np.float32)
     halo = (TUMOR_EXTENT + TUMOR_SEED) / 2

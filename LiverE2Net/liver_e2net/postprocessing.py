@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from skimage.filters import apply_hysteresis_threshold
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -53,8 +52,15 @@ TUMOR_SEED, TUMOR_EXTENT = 0.5, 0.3
 
 
 def tumor_mask(probability: np.ndarray) -> np.ndarray:
-    """Tumor voxels of a tumor-probability map: hysteresis between TUMOR_EXTENT and TUMOR_SEED (face-connected)."""
-    return apply_hysteresis_threshold(probability, TUMOR_EXTENT, TUMOR_SEED)
+    """Tumor voxels of a tumor-probability map: hysteresis between TUMOR_EXTENT and TUMOR_SEED (face-connected).
+
+    As skimage's apply_hysteresis_threshold, whose per-label sums took 0.5 s of a 1.5 s postprocess on a
+    512 x 512 x 119 CT; a lookup table of the seeded components takes a tenth of that."""
+    components, _ = ndimage.label(probability > TUMOR_EXTENT)
+    seeded = np.zeros(int(components.max()) + 1, bool)
+    seeded[components[probability > TUMOR_SEED]] = True
+    seeded[0] = False
+    return seeded[components]
 
 
 def compose_label(
