@@ -68,6 +68,7 @@ class ModelConfigName(enum.Enum):
     """Member names are the panel's labels and the CLI's --config."""
 
     lite = "lite"
+    base = "base"
     paper = "paper"
 
 

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
-from liver_e2net.config import BackboneConfig, ModelConfig, NetworkConfig, lite_config, paper_config
+from liver_e2net.config import BackboneConfig, ModelConfig, NetworkConfig, base_config, lite_config, paper_config
 from liver_e2net.models import E2NetOutput, Res2Net, build_network
 
 
-@pytest.mark.parametrize("config", [lite_config(), paper_config()], ids=["lite", "paper"])
+@pytest.mark.parametrize("config", [lite_config(), base_config(), paper_config()], ids=["lite", "base", "paper"])
 def test_output_shapes(config: ModelConfig) -> None:
     x = torch.randn(2, 1, 96, 128)
     with torch.inference_mode():

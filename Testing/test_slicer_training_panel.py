@@ -79,7 +79,7 @@ def test_pairs_table_settings_and_enabled_states(panelWidget, mrmlScene, liteMod
     assert parameters.outputFolder == str(tmp_path / "models")  # the segmentation module's model folder
     # Settings: no bundled model here, so fine-tuning is off and greyed out; the config choice is open.
     assert not parameters.fineTune and not ui.fineTuneCheckBox.isEnabled() and ui.configSelector.isEnabled()
-    assert texts(ui.configSelector) == ["lite", "paper"] and texts(ui.deviceSelector) == ["Auto", "CPU", "GPU"]
+    assert texts(ui.configSelector) == ["lite", "base", "paper"] and texts(ui.deviceSelector) == ["Auto", "CPU", "GPU"]
     available, reason = gpuStatus()
     gpuItem = ui.deviceSelector.model().item(2)
     assert gpuItem.isEnabled() == available and gpuItem.toolTip() == reason

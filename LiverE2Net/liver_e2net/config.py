@@ -112,6 +112,16 @@ def lite_config() -> ModelConfig:
     return ModelConfig(name="lite", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
 
 
+def base_config() -> ModelConfig:
+    """Between lite and paper (twice lite's width, deeper): the capacity step a GPU run would try next."""
+    middle = BackboneConfig(
+        layers=(2, 2, 3, 2), base_width=12, scale=4, stem_channels=32, planes=(32, 64, 128, 256)
+    )
+    stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=middle)
+    stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=24, backbone=middle)
+    return ModelConfig(name="base", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
+
+
 def with_context_slices(config: ModelConfig, context_slices: int) -> ModelConfig:
     """`config` fed `context_slices` adjacent slices: the preprocessing and both networks' input channels."""
     if context_slices not in CONTEXT_SLICES:
@@ -126,7 +136,7 @@ def with_context_slices(config: ModelConfig, context_slices: int) -> ModelConfig
     )
 
 
-CONFIGS = {"paper": paper_config, "lite": lite_config}
+CONFIGS = {"paper": paper_config, "base": base_config, "lite": lite_config}
 
 
 def get_config(name: str) -> ModelConfig:
