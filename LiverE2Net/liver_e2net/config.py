@@ -107,9 +107,7 @@ def lite_config() -> ModelConfig:
     small = BackboneConfig(
         layers=(1, 1, 2, 1), base_width=6, scale=4, stem_channels=16, planes=(16, 32, 64, 128)
     )
-    stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=small)
-    stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=16, backbone=small)
-    return ModelConfig(name="lite", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
+    return _narrow("lite", small, stage2_decoder=16)
 
 
 def base_config() -> ModelConfig:
@@ -117,9 +115,14 @@ def base_config() -> ModelConfig:
     middle = BackboneConfig(
         layers=(2, 2, 3, 2), base_width=12, scale=4, stem_channels=32, planes=(32, 64, 128, 256)
     )
-    stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=middle)
-    stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=24, backbone=middle)
-    return ModelConfig(name="base", stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
+    return _narrow("base", middle, stage2_decoder=24)
+
+
+def _narrow(name: str, backbone: BackboneConfig, stage2_decoder: int) -> ModelConfig:
+    """Both stages on one smaller backbone, stage 1 with a 16-channel decoder."""
+    stage1 = NetworkConfig(arch="r2unet", out_channels=1, decoder_channels=16, backbone=backbone)
+    stage2 = NetworkConfig(arch="e2net", out_channels=2, decoder_channels=stage2_decoder, backbone=backbone)
+    return ModelConfig(name=name, stage1=stage1, stage2=stage2, preprocessing=PreprocessingConfig())
 
 
 def with_context_slices(config: ModelConfig, context_slices: int) -> ModelConfig:
