@@ -31,5 +31,7 @@ def test_benchmark_defaults_to_the_bundled_model(tmp_path, model, monkeypatch) -
     monkeypatch.setenv("LIVER_E2NET_MODEL", str(model))
     args = type("Args", (), {"model": None, "configs": None})()
     assert benchmark._targets(args) == [str(model)]
+    monkeypatch.delenv("LIVER_E2NET_MODEL")
+    assert Path(benchmark._targets(args)[0]).name == "liver_e2net_lite.pt"  # the default first, then the others
     args.configs = "lite, paper"
     assert benchmark._targets(args) == ["lite", "paper"]

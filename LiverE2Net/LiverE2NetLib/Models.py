@@ -47,6 +47,7 @@ class ModelEntry:
     path: Path
     bundled: bool
     description: str  # one line from the checkpoint, or why it could not be read
+    default: bool = False  # the model `segment` uses without --model
 
     @property
     def label(self) -> str:
@@ -130,13 +131,14 @@ def describeModel(path: Path) -> str:
 
 
 def listModels(userFolder: Path | None = None) -> list[ModelEntry]:
-    bundled = protocol.default_model_path()
-    paths = [bundled] if bundled and bundled.is_file() else []
+    default = protocol.default_model_path()
+    bundled = [path for path in protocol.offered_models() if path.is_file()]
+    paths = list(bundled)
     folder = userFolder or userModelFolder()
     if folder.is_dir():
-        paths += sorted(folder.glob("*.pt"))
+        paths += sorted(path for path in folder.glob("*.pt") if path not in paths)
     childInfo(paths)  # every description in parallel children
-    return [ModelEntry(path, path == bundled, describeModel(path)) for path in paths]
+    return [ModelEntry(path, path in bundled, describeModel(path), path == default) for path in paths]
 
 
 def gpuStatus() -> tuple[bool, str]:

@@ -95,8 +95,8 @@ class SegmentationPanel(PanelBase):
         self._syncModelSelector()
 
     def _modelValue(self, entry) -> str:
-        """The parameter value: "" for the bundled model, so a saved scene uses the bundled model of any machine."""
-        return "" if entry.bundled else str(entry.path)
+        """The parameter value: "" for the default model, so a saved scene uses the default model of any machine."""
+        return "" if entry.default else str(entry.path)
 
     def _syncModelSelector(self) -> None:
         if not self._parameterNode or not self._models:

@@ -94,18 +94,32 @@ def ct_range_problem(name: str, low: float, high: float) -> str | None:
 
 # -- the bundled model ------------------------------------------------------------------------------------------------
 MODEL_ENVIRONMENT = "LIVER_E2NET_MODEL"
+DEFAULT_MODEL_FILE = "liver_e2net_lite.pt"  # the fast default; other bundled models are offered beside it
+
+
+def bundled_model_paths() -> list[Path]:
+    """Every bundled model, the default first: Resources/Models/*.pt beside the module or the repository."""
+    package = Path(__file__).resolve().parent
+    for folder in (package.parent / "Resources" / "Models", package.parent.parent / "Resources" / "Models"):
+        candidates = sorted(folder.glob("*.pt"), key=lambda path: (path.name != DEFAULT_MODEL_FILE, path.name))
+        if candidates:
+            return candidates
+    return []
 
 
 def default_model_path() -> Path | None:
-    """The bundled model: $LIVER_E2NET_MODEL, else Resources/Models/*.pt beside the module or the repository."""
+    """The model used when none is given: $LIVER_E2NET_MODEL, else the default bundled model."""
     if os.environ.get(MODEL_ENVIRONMENT):
         return Path(os.environ[MODEL_ENVIRONMENT])
-    package = Path(__file__).resolve().parent
-    for folder in (package.parent / "Resources" / "Models", package.parent.parent / "Resources" / "Models"):
-        candidates = sorted(folder.glob("*.pt"))
-        if candidates:
-            return candidates[0]
-    return None
+    bundled = bundled_model_paths()
+    return bundled[0] if bundled else None
+
+
+def offered_models() -> list[Path]:
+    """The models offered besides the user's: $LIVER_E2NET_MODEL alone, else every bundled one, the default first."""
+    if os.environ.get(MODEL_ENVIRONMENT):
+        return [Path(os.environ[MODEL_ENVIRONMENT])]
+    return bundled_model_paths()
 
 
 # -- what Slicer's Python needs to run the child: pyproject.toml's dependencies (Testing/test_slicer_dependencies.py

@@ -1,6 +1,6 @@
 """`liver-e2net benchmark`: seconds per case and per stage, end to end, and peak memory, per model.
 
-By default it times the bundled model, the one users run. Each model runs in its own child process so its
+By default it times the bundled models, the ones users run. Each model runs in its own child process so its
 peak memory (max RSS) is its own; `--configs` times untrained configs instead (speed does not depend on the
 weights). Every figure is the median of `--repeats` runs: single runs on a shared machine vary 5-20x.
 End to end is a whole `liver-e2net segment` child (start-up, reading, both stages, writing the label).
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--configs", help="comma-separated configs to time with random weights (lite, paper, ...) instead"
     )
-    parser.add_argument("--model", help="time this checkpoint (default: the bundled model)")
+    parser.add_argument("--model", help="time this checkpoint (default: every bundled model, the default first)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument(
@@ -99,16 +99,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _targets(args: argparse.Namespace) -> list[str]:
-    from ..checkpoint import default_model_path
+    from ..protocol import offered_models
 
     if args.model:
         return [args.model]
     if args.configs:
         return [c.strip() for c in args.configs.split(",") if c.strip()]
-    bundled = default_model_path()
-    if bundled is None:
+    bundled = offered_models()
+    if not bundled:
         raise UserInputError("no bundled model found in Resources/Models; pass --model or --configs lite,paper")
-    return [str(bundled)]
+    return [str(path) for path in bundled]
 
 
 def end_to_end_seconds(path: Path, model: str, args: argparse.Namespace) -> float:
@@ -178,13 +178,13 @@ def time_one(path: Path, target: str, args: argparse.Namespace) -> dict:
 
 def print_table(path: Path, rows: list[dict], repeats: int) -> None:
     print(f"CT: {path}  (median of {repeats} run{'s' if repeats > 1 else ''} after a warm-up)")
-    header = f"{'model':<10}{'device':<8}{'thr':>4}{'prec':>9}{'total s':>9}{'stage1 s':>10}{'stage2 s':>10}{'post s':>8}{'s/slice1':>10}{'peak GB':>9}{'e2e s':>8}"
+    header = f"{'model':<19}{'device':<8}{'thr':>4}{'prec':>9}{'total s':>9}{'stage1 s':>10}{'stage2 s':>10}{'post s':>8}{'s/slice1':>10}{'peak GB':>9}{'e2e s':>8}"
     print(header)
     print("-" * len(header))
     for row in rows:
         s = row["seconds"]
         print(
-            f"{Path(row['model']).stem[:9]:<10}{row['device']:<8}{row['threads']:>4}{row['precision']:>9}{s['total']:>9.2f}"
+            f"{Path(row['model']).stem[:18]:<19}{row['device']:<8}{row['threads']:>4}{row['precision']:>9}{s['total']:>9.2f}"
             f"{s['stage1']:>10.2f}{s['stage2']:>10.2f}{s['postprocess']:>8.2f}{row['stage1_s_per_slice']:>10.4f}{row['peak_rss_gb']:>9.2f}"
             + (f"{row['end_to_end_s']:>8.2f}" if "end_to_end_s" in row else f"{'-':>8}")
         )
