@@ -131,13 +131,11 @@ def describeModel(path: Path) -> str:
 
 
 def listModels(userFolder: Path | None = None) -> list[ModelEntry]:
-    default = protocol.default_model_path()
-    bundled = [path for path in protocol.offered_models() if path.is_file()]
-    paths = list(bundled)
+    bundled = [path for path in protocol.offered_models() if path.is_file()]  # the default first
     folder = userFolder or userModelFolder()
-    if folder.is_dir():
-        paths += sorted(path for path in folder.glob("*.pt") if path not in paths)
+    paths = bundled + (sorted(p for p in folder.glob("*.pt") if p not in bundled) if folder.is_dir() else [])
     childInfo(paths)  # every description in parallel children
+    default = bundled[0] if bundled else None
     return [ModelEntry(path, path in bundled, describeModel(path), path == default) for path in paths]
 
 
