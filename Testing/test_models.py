@@ -6,7 +6,14 @@ import dataclasses
 
 import pytest
 import torch
-from liver_e2net.config import BackboneConfig, ModelConfig, NetworkConfig, base_config, lite_config, paper_config
+from liver_e2net.config import (
+    BackboneConfig,
+    ModelConfig,
+    NetworkConfig,
+    base_config,
+    lite_config,
+    paper_config,
+)
 from liver_e2net.models import E2NetOutput, Res2Net, build_network
 
 

@@ -9,7 +9,13 @@ from core_helpers import SAMPLE_CT, biased_checkpoint, shared_case
 from liver_e2net.errors import UserInputError
 from liver_e2net.io import read_ct
 from liver_e2net.pipeline import Segmenter, TestTimeAugmentation
-from liver_e2net.postprocessing import TUMOR_EXTENT, TUMOR_SEED, compose_label, tumor_mask
+from liver_e2net.postprocessing import (
+    TUMOR_EXTENT,
+    TUMOR_SEED,
+    compose_label,
+    fill_holes_per_slice,
+    tumor_mask,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +90,17 @@ def test_compose_label_keeps_largest_liver_fills_holes_and_bounds_tumor() -> Non
     assert label[2, 6, 6] == 1
     assert not label[1:3, 16:18, 16:18].any()
     assert (label == 2).sum() == 4 and label[0, 0, 0] == 0
+
+
+def test_axial_hole_filling_equals_scipy_per_slice() -> None:
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    for _ in range(3):  # blobby masks with holes, open and closed at the slice edges
+        mask = ndimage.gaussian_filter(rng.random((6, 50, 40)), (0, 2, 2)) > 0.5
+        expected = np.stack([ndimage.binary_fill_holes(axial) for axial in mask])
+        assert (expected != mask).any()  # there were holes to fill
+        np.testing.assert_array_equal(fill_holes_per_slice(mask), expected)
 
 
 def test_tumor_hysteresis_equals_skimages() -> None:

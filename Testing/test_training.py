@@ -419,3 +419,30 @@ def test_a_state_from_another_torch_version_is_refused_with_the_way_on(real_run,
     with pytest.raises(UserInputError, match=r"torch 1.13.1\+cu117.*--init .*last.pt -o NEW_FOLDER"):
         read_state(copy)
     assert read_state(run)["torch_version"] == str(torch.__version__)
+
+
+def test_precision_auto_trains_in_bf16_on_amx_cpus_only(tmp_path, monkeypatch):
+    """bf16 autocast only where AMX makes it fast; --precision fp32 keeps full precision on any CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-reproducible CPU kernels
+    cases = [phantom("a"), phantom("b", 1)]
+
+    def stage1_weights(name: str, precision: str, amx: bool) -> dict:
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        config = dataclasses.replace(QUICK, stages=(1,), precision=precision)
+        run = Trainer(cases, tmp_path / name, config, model_config=TINY, device="cpu", cache=tmp_path / "c").run()
+        assert run.exit_code == 0
+        return load_checkpoint(run.last).stage1
+
+    try:
+        full = stage1_weights("fp32", "fp32", amx=True)
+        plain_cpu = stage1_weights("auto-plain", "auto", amx=False)
+        amx_cpu = stage1_weights("auto-amx", "auto", amx=True)
+    finally:
+        torch.set_num_threads(threads)
+    floats = [key for key, value in full.items() if value.is_floating_point()]
+    assert all(torch.equal(plain_cpu[key], full[key]) for key in floats)
+    assert any(not torch.equal(amx_cpu[key], full[key]) for key in floats)
+    assert all(torch.isfinite(amx_cpu[key]).all() for key in floats)
+    with pytest.raises(UserInputError, match="--precision 'fp16'"):
+        dataclasses.replace(QUICK, precision="fp16")

