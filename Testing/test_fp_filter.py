@@ -112,7 +112,17 @@ def test_exported_forest_equals_sklearn() -> None:
             ensemble.predict_proba(data), forest.predict_proba(data), rtol=0, atol=1e-12
         )
     trained, accuracy = fit_filter(features, is_true, seed=3, trees=16)
-    assert trained.children_left.shape[0] == 16 and 0.5 < accuracy["oob_accuracy"] <= 1.0
+    assert trained.children_left.shape[0] == 16 and 0.5 < accuracy["cv_accuracy"] <= 1.0
+
+
+def test_filter_accuracy_counts_the_rare_true_positives() -> None:
+    """4 % true candidates, separable by volume: the held-out estimate must see them (out-of-bag votes did not)."""
+    rng = np.random.default_rng(0)
+    is_true = np.arange(500) < 20
+    features = rng.normal(size=(500, len(FEATURE_NAMES)))
+    features[:, :5] += np.where(is_true, 5.0, 0.0)[:, None]  # size and shape set true positives apart
+    _, accuracy = fit_filter(features, is_true, trees=32)
+    assert accuracy["cv_folds"] == 5 and accuracy["cv_balanced_accuracy"] > 0.9
 
 
 def test_too_few_or_one_class_candidates_are_refused() -> None:
@@ -290,7 +300,7 @@ def test_train_fp_filter_end_to_end_then_segment_with_it(tmp_path: Path, capsys,
     command += ["-o", str(out), *"--synthetic-copies 1 --trees 64 --threads 1 --progress none".split()]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert "true" in printed and "out-of-bag accuracy" in printed and str(out) in printed
+    assert "true" in printed and "cross-validated accuracy" in printed and str(out) in printed
     checkpoint = load_checkpoint(out)
     training = checkpoint.fp_filter.training
     assert training["true_positives"] >= 3 and training["false_positives"] >= 3

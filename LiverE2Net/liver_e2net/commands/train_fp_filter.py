@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> int:
     path = save_checkpoint(dataclasses.replace(checkpoint, fp_filter=fp_filter, path=None), args.output)
     print(counts)
     print(
-        f"out-of-bag accuracy {accuracy['oob_accuracy']:.3f} (balanced {accuracy['oob_balanced_accuracy']:.3f}); "
+        f"cross-validated accuracy {accuracy['cv_accuracy']:.3f} (balanced {accuracy['cv_balanced_accuracy']:.3f}, "
+        f"{accuracy['cv_folds']} folds); "
         f"on its training candidates the filter rejects {int((~kept & ~candidates.is_true).sum())} of "
         f"{total - true} false and {int((~kept & candidates.is_true).sum())} of {true} true positives"
     )
