@@ -38,8 +38,8 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     """Axial hole filling: the liver has no cavities in-plane; 3D filling would miss holes open at the ends.
 
     As scipy's binary_fill_holes on each slice (a hole: background not face-connected to the slice's edge),
-    but with one labelling of the whole volume instead of a dilation to convergence per slice (0.6 s -> 0.1 s
-    on a 512 x 512 x 119 CT's liver box)."""
+    but with one labelling of the whole volume instead of a dilation to convergence per slice (0.71 s -> 0.12 s
+    on case01's liver box, 113 x 280 x 273 voxels, on a 2-vCPU Xeon)."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.size:
         return mask
