@@ -107,19 +107,17 @@ def bundled_model_paths() -> list[Path]:
     return []
 
 
-def default_model_path() -> Path | None:
-    """The model used when none is given: $LIVER_E2NET_MODEL, else the default bundled model."""
-    if os.environ.get(MODEL_ENVIRONMENT):
-        return Path(os.environ[MODEL_ENVIRONMENT])
-    bundled = bundled_model_paths()
-    return bundled[0] if bundled else None
-
-
 def offered_models() -> list[Path]:
     """The models offered besides the user's: $LIVER_E2NET_MODEL alone, else every bundled one, the default first."""
     if os.environ.get(MODEL_ENVIRONMENT):
         return [Path(os.environ[MODEL_ENVIRONMENT])]
     return bundled_model_paths()
+
+
+def default_model_path() -> Path | None:
+    """The model used when none is given: the first offered one."""
+    offered = offered_models()
+    return offered[0] if offered else None
 
 
 # -- what Slicer's Python needs to run the child: pyproject.toml's dependencies (Testing/test_slicer_dependencies.py
