@@ -70,7 +70,7 @@ def test_r2unet_baseline_has_no_edge_branch() -> None:
 
 def test_unknown_architecture_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_network(NetworkConfig(arch="unet3d"))  # type: ignore[arg-type]
+        build_network(NetworkConfig(arch="vnet"))  # type: ignore[arg-type]
 
 
 def test_config_json_round_trip_and_typos() -> None:

@@ -53,7 +53,8 @@ class Checkpoint:
         a clinician reads any Dice shown beside a model as its accuracy.
         """
         meta = self.metadata
-        parts = [meta.get("name", self.path.stem if self.path else "model"), f"{self.config.name} config"]
+        config = f"{self.config.name} config" + (", 3D stage 1" if self.config.stage1.volumetric else "")
+        parts = [meta.get("name", self.path.stem if self.path else "model"), config]
         if meta.get("training_cases"):
             parts.append(f"{len(meta['training_cases'])} training cases")
         if isinstance(meta.get("epochs"), int) and meta["epochs"]:  # one training run's; not a combined model's

@@ -25,21 +25,28 @@ class BackboneConfig:
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    """One network: `r2unet` (single branch) or `e2net` (segmentation + edge branch + DCFF + fusion)."""
+    """One network: `r2unet` (single branch), `e2net` (segmentation + edge branch + DCFF + fusion) or `unet3d`
+    (a plain 3D UNet over the whole CT at stage1_pixel_mm voxels: a stage 1 that sees the liver at once)."""
 
-    arch: Literal["r2unet", "e2net"] = "r2unet"
+    arch: Literal["r2unet", "e2net", "unet3d"] = "r2unet"
     out_channels: int = 1
     in_channels: int = 1
     decoder_channels: int = 32
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # Ablation switches for E2Net (paper Table 3): without DCFF the branches meet only at the fusion head.
     dcff: bool = True
+    widths: tuple[int, ...] = (8, 16, 32, 64, 128)  # unet3d only: channels per level, each level halves the grid
+
+    @property
+    def volumetric(self) -> bool:
+        """True for a 3D network: it takes the whole CT (B, 1, D, H, W), not slices with context channels."""
+        return self.arch == "unet3d"
 
 
 @dataclass(frozen=True)
 class PreprocessingConfig:
     hu_window: tuple[float, float] = (-100.0, 240.0)
-    stage1_pixel_mm: float = 2.0  # stage 1 needs only a coarse liver, so slices are downsampled to this
+    stage1_pixel_mm: float = 2.0  # stage 1 needs only a coarse liver: slices (a 3D stage 1: voxels) of this size
     stage2_size: int = 256  # liver crops are resized to stage2_size x stage2_size
     box_margin_mm: float = 15.0  # margin added around the stage-1 liver box (in-plane)
     box_margin_slices: int = 2  # extra slices above and below the stage-1 liver
@@ -62,7 +69,12 @@ class ModelConfig:
                 "(the slice alone, or with 1 or 2 neighbours on each side)"
             )
         for stage in ("stage1", "stage2"):
-            channels = getattr(self, stage).in_channels
+            network = getattr(self, stage)
+            if network.volumetric:
+                if network.in_channels != 1 or stage != "stage1":
+                    raise UserInputError(f"{stage}: a 3D network serves stage 1 only, with one input channel")
+                continue
+            channels = network.in_channels
             if channels != context:
                 raise UserInputError(
                     f"{stage} in_channels {channels} differs from context_slices {context}: each context slice "
@@ -131,12 +143,35 @@ def with_context_slices(config: ModelConfig, context_slices: int) -> ModelConfig
         raise UserInputError(
             f"--context-slices {context_slices!r}: use one of {', '.join(map(str, CONTEXT_SLICES))}"
         )
+    stage1 = config.stage1 if config.stage1.volumetric else dataclasses.replace(config.stage1, in_channels=context_slices)
     return dataclasses.replace(
         config,
-        stage1=dataclasses.replace(config.stage1, in_channels=context_slices),
+        stage1=stage1,
         stage2=dataclasses.replace(config.stage2, in_channels=context_slices),
         preprocessing=dataclasses.replace(config.preprocessing, context_slices=context_slices),
     )
+
+
+STAGE1_NETS = ("2d", "3d")
+STAGE1_VOXEL_MM = 4.0  # a 3D stage 1's voxel: a 400 x 400 x 300 mm abdomen is 100 x 100 x 75 voxels
+
+
+def with_stage1_net(config: ModelConfig, net: str) -> ModelConfig:
+    """`config` with its 2D slice-wise stage 1 (as published) or a 3D UNet stage 1 on STAGE1_VOXEL_MM voxels,
+    which sees the whole liver at once: it cannot drop the liver's tip slice by slice or take the heart above
+    the dome for liver, the errors of the 2D stage 1 on CTs of other hospitals."""
+    if net not in STAGE1_NETS:
+        raise UserInputError(f"--stage1-net {net!r}: use one of {', '.join(STAGE1_NETS)}")
+    if (net == "3d") == config.stage1.volumetric:
+        return config
+    if net == "2d":
+        default = get_config(config.name)
+        stage1 = dataclasses.replace(default.stage1, in_channels=config.preprocessing.context_slices)
+        pixel_mm = default.preprocessing.stage1_pixel_mm
+    else:
+        stage1, pixel_mm = NetworkConfig(arch="unet3d", out_channels=1, in_channels=1), STAGE1_VOXEL_MM
+    preprocessing = dataclasses.replace(config.preprocessing, stage1_pixel_mm=pixel_mm)
+    return dataclasses.replace(config, stage1=stage1, preprocessing=preprocessing)
 
 
 CONFIGS = {"paper": paper_config, "base": base_config, "lite": lite_config}

@@ -1,4 +1,4 @@
-"""Two-stage inference: stage 1 (coarse liver, every slice) -> liver box -> stage 2 (E2Net on the box) -> label map.
+"""Two-stage inference: stage 1 (coarse liver, every slice or the whole CT in 3D) -> liver box -> stage 2 (E2Net on the box) -> label map.
 
 Everything geometric is undone: the label map comes back on the input's exact grid and orientation.
 """
@@ -14,11 +14,12 @@ import SimpleITK as sitk
 import torch
 
 from .checkpoint import Checkpoint, default_model_path, load_checkpoint
+from .config import PreprocessingConfig
 from .devices import autocast_dtype, configure_threads, resolve_device
 from .errors import UserInputError
 from .fp_filter import apply_filter, choose_filter
 from .io import Volume
-from .models import segmentation_logits
+from .models import channels_last, segmentation_logits, to_channels_last
 from .models.fusion import fuse_batchnorm
 from .postprocessing import compose_label, demote_bright_tumors, largest_component, tumor_mask
 from .preprocessing import (
@@ -26,9 +27,12 @@ from .preprocessing import (
     bounding_box,
     box_on_input_grid,
     context_stack,
+    downsample_volume,
     from_network_frame,
     normalize_hu,
+    pad_to_multiple,
     resize,
+    stage1_grid,
     stage1_size,
     to_network_frame,
 )
@@ -118,7 +122,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.threads = configure_threads(threads) if self.device.type == "cpu" else torch.get_num_threads()
         self.stage1, self.stage2 = (
-            fuse_batchnorm(n).to(memory_format=torch.channels_last) for n in self.checkpoint.build(self.device)
+            to_channels_last(fuse_batchnorm(n)) for n in self.checkpoint.build(self.device)
         )
         self.autocast = autocast_dtype(self.device)
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
@@ -181,7 +185,7 @@ class Segmenter:
         return SegmentationResult(label, probability_map, seconds, warnings, rejected, probability_box)
 
     def _run(self, network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = channels_last(batch)
         with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
             return torch.sigmoid(segmentation_logits(network(batch)).float())
 
@@ -193,38 +197,35 @@ class Segmenter:
         return normalize_hu(torch.from_numpy(stack).to(self.device, non_blocking=True), prep.hu_window)
 
     def _stage1(self, volume: Volume, progress: Reporter) -> Box | None:
-        """Coarse liver at the stage-1 pixel size; its largest 3D component gives the liver box (native voxels)."""
+        """Coarse liver (slice by slice, or the whole CT at once by a 3D stage 1); its largest 3D component gives
+        the liver box (native voxels)."""
+        coarse = (self._coarse_volume if self.config.stage1.volumetric else self._coarse_slices)(volume, progress)
+        if not coarse.any():
+            return None
+        return liver_box(largest_component(coarse), volume, self.config.preprocessing)
+
+    def _coarse_slices(self, volume: Volume, progress: Reporter) -> np.ndarray:
+        """[z, h, w] coarse liver of every slice at the stage-1 pixel size."""
         prep = self.config.preprocessing
         depth, height, width = volume.array.shape
-        spacing_yx = (volume.spacing[1], volume.spacing[0])
-        coarse_size = stage1_size((height, width), spacing_yx, prep.stage1_pixel_mm)
+        coarse_size = stage1_size((height, width), (volume.spacing[1], volume.spacing[0]), prep.stage1_pixel_mm)
         coarse = np.zeros((depth, *coarse_size), bool)
         for start in range(0, depth, self.stage1_batch):
             stop = min(depth, start + self.stage1_batch)
-            coarse[start:stop] = (
-                (
-                    self._run(self.stage1, resize(self._slices(volume.array, start, stop), coarse_size))[:, 0]
-                    > 0.5
-                )
-                .cpu()
-                .numpy()
-            )
+            batch = resize(self._slices(volume.array, start, stop), coarse_size)
+            coarse[start:stop] = (self._run(self.stage1, batch)[:, 0] > 0.5).cpu().numpy()
             progress("stage1", _span("stage1", stop / depth), f"slice {stop}/{depth}")
-        if not coarse.any():
-            return None
-        coarse = largest_component(coarse)
-        scale_y, scale_x = height / coarse_size[0], width / coarse_size[1]
-        coarse_box = bounding_box(coarse, (0, 0), prep.box_margin_slices)
-        margin_y = int(round(prep.box_margin_mm / spacing_yx[0]))
-        margin_x = int(round(prep.box_margin_mm / spacing_yx[1]))
-        return Box(
-            coarse_box.z0,
-            coarse_box.z1,
-            max(0, int(coarse_box.y0 * scale_y) - margin_y),
-            min(height, int(np.ceil(coarse_box.y1 * scale_y)) + margin_y),
-            max(0, int(coarse_box.x0 * scale_x) - margin_x),
-            min(width, int(np.ceil(coarse_box.x1 * scale_x)) + margin_x),
-        )
+        return coarse
+
+    def _coarse_volume(self, volume: Volume, progress: Reporter) -> np.ndarray:
+        """[d, h, w] coarse liver of the whole CT on the 3D stage 1's voxel grid, in one pass."""
+        prep = self.config.preprocessing
+        grid = stage1_grid(volume.array.shape, volume.spacing, prep.stage1_pixel_mm)
+        image = normalize_hu(downsample_volume(volume.array, grid), prep.hu_window)[None, None]
+        image, inside = pad_to_multiple(image.to(self.device), self.stage1.stride, -1.0)
+        coarse = (self._run(self.stage1, image)[0, 0][inside] > 0.5).cpu().numpy()
+        progress("stage1", _span("stage1", 1.0), f"{'x'.join(map(str, grid[::-1]))} voxels")
+        return coarse
 
     def _stage2(self, volume: Volume, box: Box, progress: Reporter) -> np.ndarray:
         """E2Net on every slice of the liver box resized to stage2_size; probabilities resized back to the box."""
@@ -246,6 +247,20 @@ class Segmenter:
             result[:, start:stop] = probabilities.transpose(0, 1).cpu().numpy()
             progress("stage2", _span("stage2", stop / depth), f"slice {stop}/{depth}")
         return result
+
+
+def liver_box(coarse: np.ndarray, volume: Volume, prep: PreprocessingConfig) -> Box:
+    """The native-voxel box of a (non-empty) coarse liver on a grid that divides `volume`'s evenly (stage 1's),
+    with box_margin_mm in-plane and box_margin_slices in z."""
+    coarse_box = bounding_box(coarse, (0, 0), 0)
+    shape = volume.array.shape
+    scale = [n / c for n, c in zip(shape, coarse.shape)]
+    margin = (prep.box_margin_slices, *(int(round(prep.box_margin_mm / s)) for s in volume.spacing[1::-1]))
+    low = (coarse_box.z0, coarse_box.y0, coarse_box.x0)
+    high = (coarse_box.z1, coarse_box.y1, coarse_box.x1)
+    z0, y0, x0 = (max(0, int(b * s) - m) for b, s, m in zip(low, scale, margin))
+    z1, y1, x1 = (min(n, int(np.ceil(b * s)) + m) for b, s, m, n in zip(high, scale, margin, shape))
+    return Box(z0, z1, y0, y1, x0, x1)
 
 
 def input_grid_zeros(record, channels: int) -> np.ndarray:

@@ -119,6 +119,33 @@ def stage1_size(
     )
 
 
+def stage1_grid(shape_zyx: tuple[int, int, int], spacing_xyz: tuple[float, float, float], voxel_mm: float
+                ) -> tuple[int, int, int]:  # fmt: skip
+    """A [z, y, x] volume's shape on a 3D stage 1's grid of `voxel_mm` voxels (at least one voxel per axis)."""
+    return tuple(max(1, int(round(n * s / voxel_mm))) for n, s in zip(shape_zyx, spacing_xyz[::-1]))
+
+
+def downsample_volume(volume_zyx: np.ndarray, grid: tuple[int, int, int], chunk: int = 32) -> torch.Tensor:
+    """[z, y, x] array -> float32 (D, H, W) tensor of `grid`, each output voxel the mean of the input voxels it
+    covers (area interpolation: no aliasing of thin structures). In-plane per chunk of slices, then along z, so
+    no float copy of the whole CT is ever made; the box means are separable, so this equals 3D area pooling."""
+    depth, height, width = grid
+    planes = torch.empty((volume_zyx.shape[0], height, width), dtype=torch.float32)
+    for start in range(0, volume_zyx.shape[0], chunk):
+        block = torch.from_numpy(np.ascontiguousarray(volume_zyx[start : start + chunk], dtype=np.float32))
+        planes[start : start + chunk] = F.interpolate(block[None], size=(height, width), mode="area")[0]
+    along_z = planes.permute(1, 2, 0).reshape(1, height * width, -1)  # (1, H*W, Z): 1D area along z
+    return F.interpolate(along_z, size=depth, mode="area")[0].reshape(height, width, depth).permute(2, 0, 1)
+
+
+def pad_to_multiple(tensor: torch.Tensor, multiple: int, value: float) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """(..., D, H, W) -> padded at the far ends to multiples of `multiple`, and the slices of the original."""
+    spatial = tensor.shape[-3:]
+    pads = [(-n) % multiple for n in spatial]
+    padded = F.pad(tensor, [p for pad in reversed(pads) for p in (0, pad)], value=value)
+    return padded, tuple(slice(0, n) for n in spatial)
+
+
 @dataclass(frozen=True)
 class Box:
     """A liver box on the network frame: slices z0:z1, rows y0:y1, columns x0:x1 (half-open)."""

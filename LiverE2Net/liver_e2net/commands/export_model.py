@@ -1,12 +1,14 @@
 """`liver-e2net export-model`: one shippable checkpoint from trained runs (fp16 weights, merged metadata).
 
 Stage 1 and stage 2 may come from different runs (trained side by side, one process each); both must share
-the model config, which is checked.
+the model config, which is checked, except for stage 1's own part (its network and pixel size): a 3D stage 1
+serves any stage 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     first = load_checkpoint(args.stage1)
     second = load_checkpoint(args.stage2) if args.stage2 else first
-    if first.config != second.config:
+    if beyond_stage1(first.config) != beyond_stage1(second.config):
         raise UserInputError(
             f"{args.stage1} ({first.config.name} config) and {args.stage2} ({second.config.name} config) "
             "hold different model configs; export stages of the same config"
@@ -60,13 +62,27 @@ def run(args: argparse.Namespace) -> int:
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
     if held_out:
         metadata["held_out"] = held_out
+    config = dataclasses.replace(
+        second.config,
+        stage1=first.config.stage1,
+        preprocessing=dataclasses.replace(
+            second.config.preprocessing, stage1_pixel_mm=first.config.preprocessing.stage1_pixel_mm
+        ),
+    )
     # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.
     combined = Checkpoint(
-        first.config, first.stage1, second.stage2, metadata, first.labels, fp_filter=second.fp_filter
+        config, first.stage1, second.stage2, metadata, first.labels, fp_filter=second.fp_filter
     )
     path = save_checkpoint(combined, args.output, half=not args.full_precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {load_checkpoint(path).describe()}")
     return 0
+
+
+def beyond_stage1(config) -> dict:
+    """A model config's settings but stage 1's own (its network and pixel size): what two exported stages share."""
+    settings = config.to_dict()
+    del settings["stage1"], settings["preprocessing"]["stage1_pixel_mm"]
+    return settings
 
 
 def held_out_rows(path: Path) -> list[dict]:

@@ -61,13 +61,17 @@ def run(args: argparse.Namespace) -> int:
     config = checkpoint.config
     for stage in ("stage1", "stage2"):
         network = getattr(config, stage)
-        print(
-            f"{stage}    {network.arch}, Res2Net layers {list(network.backbone.layers)} width {network.backbone.base_width}"
-            f"x{network.backbone.scale}s, decoder {network.decoder_channels} ch, {model['parameters'][stage] / 1e6:.2f} M parameters"
+        layout = (
+            f"3D UNet, {list(network.widths)} ch per level"
+            if network.volumetric
+            else f"Res2Net layers {list(network.backbone.layers)} width {network.backbone.base_width}"
+            f"x{network.backbone.scale}s, decoder {network.decoder_channels} ch"
         )
+        print(f"{stage}    {network.arch}, {layout}, {model['parameters'][stage] / 1e6:.2f} M parameters")
     prep = config.preprocessing
+    unit = "mm voxels (whole CT in 3D)" if config.stage1.volumetric else "mm/pixel"
     print(
-        f"input     HU window {list(prep.hu_window)}, stage 1 at {prep.stage1_pixel_mm} mm/pixel, stage 2 at "
+        f"input     HU window {list(prep.hu_window)}, stage 1 at {prep.stage1_pixel_mm} {unit}, stage 2 at "
         f"{prep.stage2_size}x{prep.stage2_size} liver crops, {_context(prep.context_slices)}"
     )
     return 0

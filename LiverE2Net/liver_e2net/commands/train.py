@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import CONFIGS, CONTEXT_SLICES
+from ..config import CONFIGS, CONTEXT_SLICES, STAGE1_NETS, STAGE1_VOXEL_MM
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
 from . import add_data_arguments
@@ -63,6 +63,12 @@ def register(subparsers) -> None:
         metavar="{1,3,5}",
         help="adjacent axial slices given to both networks as input channels, edge slices repeated at the "
         "volume's ends (2.5D input; default 1, the slice alone; recorded in the checkpoint)",
+    )
+    model.add_argument(
+        "--stage1-net",
+        choices=STAGE1_NETS,
+        help="stage 1 as published, slice by slice (2d, default), or a 3D UNet on the whole CT at "
+        f"{STAGE1_VOXEL_MM:g} mm voxels (3d), which cannot drop the liver's tip or take the heart above it",
     )
     model.add_argument(
         "--edge-target",
@@ -199,12 +205,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _model_config(args: argparse.Namespace, default_name: str):
     """The ModelConfig asked for on the command line, or None to take the run's / --init's / the default."""
-    from ..config import get_config, with_context_slices
+    from ..config import get_config, with_context_slices, with_stage1_net
 
-    if args.config is None and args.context_slices is None:
+    if args.config is None and args.context_slices is None and args.stage1_net is None:
         return None
     config = get_config(args.config or default_name)
-    return config if args.context_slices is None else with_context_slices(config, args.context_slices)
+    if args.context_slices is not None:
+        config = with_context_slices(config, args.context_slices)
+    return config if args.stage1_net is None else with_stage1_net(config, args.stage1_net)
 
 
 def _context_slices(text: str) -> int:

@@ -43,9 +43,26 @@ def random_affine(rng: np.random.Generator, config: AugmentConfig, height: int, 
     )
 
 
+def random_affine_3d(rng: np.random.Generator, config: AugmentConfig, depth: int, height: int, width: int
+                     ) -> torch.Tensor:  # fmt: skip
+    """(3, 4) theta for `F.affine_grid` on isotropic (D, H, W) volumes: a turn about the body axis up to
+    rotation_deg, tilts up to a third of that, a zoom from config.scale varied +-5 % per axis, a shift."""
+    turn, *tilts = np.radians(rng.uniform(-1, 1, 3) * config.rotation_deg * np.array([1, 1 / 3, 1 / 3]))
+    rotation = np.eye(3)
+    for angle, (i, j) in zip((turn, *tilts), ((0, 1), (1, 2), (0, 2))):  # (x, y, z) axes: about z, x, y
+        turn_ij = np.eye(3)
+        turn_ij[[i, i, j, j], [i, j, i, j]] = np.cos(angle), -np.sin(angle), np.sin(angle), np.cos(angle)
+        rotation = rotation @ turn_ij
+    zoom = rng.uniform(*config.scale) * rng.uniform(0.95, 1.05, 3)  # > 1 enlarges the anatomy
+    half = np.array([width, height, depth], dtype=np.float64) / 2  # voxels -> [-1, 1] coordinates
+    linear = np.diag(1 / half) @ rotation @ np.diag(1 / zoom) @ np.diag(half)
+    shift = rng.uniform(-config.translate, config.translate, 3) * 2
+    return torch.tensor(np.concatenate([linear, shift[:, None]], axis=1), dtype=torch.float32)
+
+
 def warp(image: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """image (K, H, W) in [-1, 1] (K context slices) and float masks (C, H, W) -> the same, resampled together;
-    outside becomes air / 0."""
+    outside becomes air / 0. Volumes (K, D, H, W) and (C, D, H, W) with a (3, 4) theta alike."""
     stack = torch.cat([image + 1.0, masks])[None]  # +1: zero padding then means -1, the air of the window
     grid = F.affine_grid(theta[None], list(stack.shape), align_corners=False)
     warped = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..models import channels_last
+
 
 @torch.no_grad()
 def recalibrate_batchnorm(
@@ -32,7 +34,7 @@ def recalibrate_batchnorm(
     was_training = network.training
     network.train()
     for image in images:
-        image = image.to(device).contiguous(memory_format=torch.channels_last)
+        image = channels_last(image.to(device))
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
             network(image)
     for norm, momentum in zip(norms, momenta):

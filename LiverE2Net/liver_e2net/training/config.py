@@ -80,6 +80,8 @@ class TrainConfig:
     fixed_validation_tumors: bool = False
     seed: int = 0
     stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
+    # A 3D stage 1's crops (z, y, x) in mm: the liver's whole height and an abdomen's width.
+    stage1_volume_crop_mm: tuple[float, float, float] = (192.0, 384.0, 384.0)
     stage2_pad_native: tuple[int, int] = (10, 60)  # paper: the liver box padded by 10-60 pixels per side
     stage2_extra_slices: int = 2  # slices above and below the liver box also used in stage 2
     tumor_slice_fraction: float = 0.5  # share of a tumor case's stage-2 samples drawn from tumor slices

@@ -22,10 +22,12 @@ IOU_SMOOTH = 1.0
 
 
 def iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) logits and {0, 1} targets -> mean over images and channels of 1 - soft IoU."""
+    """(B, C, H, W) (or volumes (B, C, D, H, W)) logits and {0, 1} targets -> mean over images and channels of
+    1 - soft IoU."""
     probability = torch.sigmoid(logits.float())
-    intersection = (probability * target).sum(dim=(-2, -1))  # (B, C)
-    union = (probability + target - probability * target).sum(dim=(-2, -1))
+    spatial = tuple(range(2, logits.ndim))
+    intersection = (probability * target).sum(dim=spatial)  # (B, C)
+    union = (probability + target - probability * target).sum(dim=spatial)
     return (1.0 - (intersection + IOU_SMOOTH) / (union + IOU_SMOOTH)).mean()
 
 
@@ -49,7 +51,7 @@ def _channel_pos_weight(tumor_pos_weight: float, like: torch.Tensor) -> torch.Te
 
 
 def stage1_loss(logits: torch.Tensor, liver: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """l_1st = IoU(g, s) + BCE(g, s); logits and liver (B, 1, H, W)."""
+    """l_1st = IoU(g, s) + BCE(g, s); logits and liver (B, 1, H, W), or (B, 1, D, H, W) for a 3D stage 1."""
     iou, bce = iou_loss(logits, liver), bce_loss(logits, liver)
     return iou + bce, {"iou": iou.detach(), "bce": bce.detach()}
 

@@ -35,8 +35,8 @@ def model_config(
             return requested  # --init's weights widened to more context slices: see inflate_context
         raise UserInputError(
             f"{origin} uses the {stored.name!r} model config ({_context(stored)}), which differs from the "
-            f"requested {requested.name!r} config ({_context(requested)}); leave out --config and "
-            f"--context-slices (they are taken from {origin})"
+            f"requested {requested.name!r} config ({_context(requested)}); leave out --config, "
+            f"--context-slices and --stage1-net (they are taken from {origin})"
         )
     return stored
 
@@ -63,7 +63,8 @@ def inflate_context(weights: dict[str, Any], target: dict[str, Any]) -> dict[str
 
 
 def _context(config: ModelConfig) -> str:
-    return f"context_slices {config.preprocessing.context_slices}"
+    stage1 = "3d" if config.stage1.volumetric else "2d"
+    return f"context_slices {config.preprocessing.context_slices}, stage 1 {stage1}"
 
 
 def train_config(

@@ -16,13 +16,14 @@ from torch.utils.data import Dataset, Sampler
 
 from ..config import ModelConfig
 from ..errors import UserInputError
-from ..preprocessing import context_stack, normalize_hu, resize, stage1_size
+from ..preprocessing import context_stack, downsample_volume, normalize_hu, resize, stage1_grid, stage1_size
 from .augment import (
     PHASES,
     adjust_hu,
     limit_field_of_view,
     noise_and_blur,
     random_affine,
+    random_affine_3d,
     simulate_phase,
     thick_slice_stack,
     warp,
@@ -168,6 +169,100 @@ class Stage1Samples(_Samples):
         return _pad(image, self.size, -1.0), _pad((liver > 0.5).float(), self.size, 0.0)
 
 
+class Stage1Volumes(_Samples):
+    """A 3D stage 1's samples: whole CTs on its voxel grid (stage1_pixel_mm), augmented in 3D (contrast phase,
+    scanner HU, field of view, rotation, tilt, zoom, shift, noise, kernel) and cropped to stage1_volume_crop_mm,
+    most crops centred near the liver: image (1, D, H, W), liver (1, D, H, W).
+
+    Cases less than MIN_DEPTH_MM deep (a few-slice fixture) are left out: a 3D network learns nothing from them.
+    """
+
+    stage = 1
+    MIN_DEPTH_MM = 40.0
+    LIVER_CENTRED = 0.8  # share of crops centred on a liver voxel; the rest anywhere in the volume
+
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        stream: int = TRAINING,
+    ):
+        voxel_mm = model_config.preprocessing.stage1_pixel_mm
+        deep = [c for c in cases if c.shape[0] * c.spacing[2] >= self.MIN_DEPTH_MM]
+        for case in [c for c in cases if c.shape[0] * c.spacing[2] < self.MIN_DEPTH_MM]:
+            log.info("3D stage 1: %s left out (%.0f mm deep, < %.0f mm)", case.name,
+                     case.shape[0] * case.spacing[2], self.MIN_DEPTH_MM)  # fmt: skip
+        if not deep:
+            raise UserInputError(
+                f"a 3D stage 1 needs training CTs at least {self.MIN_DEPTH_MM:.0f} mm deep; "
+                f"{', '.join(c.name for c in cases)} are all thinner: add whole-liver CTs or use --stage1-net 2d"
+            )
+        super().__init__(deep, model_config, train_config, stream)
+        stride = 2 ** (len(model_config.stage1.widths) - 1)
+        self.size = tuple(
+            max(stride, int(round(mm / voxel_mm / stride)) * stride) for mm in train_config.stage1_volume_crop_mm
+        )
+        self.volumes = [_volume_on_grid(case, voxel_mm) for case in deep]
+
+    def __len__(self) -> int:
+        return sum(hu.shape[0] for hu, _ in self.volumes)  # an epoch of one pass: as many samples as z voxels
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = self.rng(index)
+        hu, label = self.volumes[int(rng.integers(len(self.volumes)))]
+        augment = self.config.augment
+        if augment.enabled and rng.random() < augment.phase_probability:
+            hu = simulate_phase(hu, label, str(rng.choice(PHASES[1:])), rng)
+        image, liver = self._hu(hu, rng), (label >= 1).astype(np.float32)
+        if augment.enabled and rng.random() < augment.fov_probability:  # liver outside the circle is not seen
+            inside = limit_field_of_view(np.ones_like(liver[:1]), rng, padding_values=(0.0,))
+            image, liver = np.where(inside > 0, image, np.float32(-1.0)), liver * inside
+        image, liver = torch.from_numpy(np.ascontiguousarray(image))[None], torch.from_numpy(liver)[None]
+        if augment.enabled:
+            image, liver = warp(image, liver, random_affine_3d(rng, augment, *image.shape[1:]))
+            image = noise_and_blur(image[0], rng, augment)[None]  # in-plane blur and noise of each slice
+        origin = self._crop_origin(liver[0] > 0.5, rng)
+        window = tuple(slice(o, o + s) for o, s in zip(origin, self.size))
+        image, liver = image[(slice(None), *window)], liver[(slice(None), *window)]
+        return _pad(image, self.size, -1.0), _pad((liver > 0.5).float(), self.size, 0.0)
+
+    def _crop_origin(self, liver: torch.Tensor, rng: np.random.Generator) -> tuple[int, ...]:
+        """Corner of a crop of self.size in a volume of liver's shape: centred on a random liver voxel (with a
+        +-quarter-crop jitter) for LIVER_CENTRED of the samples, else anywhere; 0 on axes shorter than the crop."""
+        shape = liver.shape
+        voxels = torch.nonzero(liver)
+        if len(voxels) and rng.random() < self.LIVER_CENTRED:
+            centre = voxels[int(rng.integers(len(voxels)))].numpy()
+            wanted = centre - np.array(self.size) // 2 + rng.integers(-1, 2, 3) * np.array(self.size) // 4
+        else:
+            wanted = np.array([rng.integers(max(1, n - s + 1)) for n, s in zip(shape, self.size)])
+        return tuple(int(np.clip(w, 0, max(0, n - s))) for w, n, s in zip(wanted, shape, self.size))
+
+
+_VOLUMES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _volume_on_grid(case: CachedCase, voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(HU float32, label uint8 {0, 1, 2}) of a case on a 3D stage 1's grid, made as inference makes its input
+    (area means); kept per process, as the training and calibration samples of a run share them."""
+    key = (str(case.folder), case.key, voxel_mm)
+    if key not in _VOLUMES:
+        grid = stage1_grid(case.shape, case.spacing, voxel_mm)
+        hu = downsample_volume(case.ct, grid).numpy()
+        liver = downsample_volume(case.label >= 1, grid).numpy() > 0.5
+        tumor = downsample_volume(case.label == 2, grid).numpy() > 0.5
+        _VOLUMES[key] = hu, (liver.astype(np.uint8) + (tumor & liver)).astype(np.uint8)
+    return _VOLUMES[key]
+
+
+def samples_of_stage(stage: int, model_config: ModelConfig) -> type[_Samples]:
+    """The training-sample set of `stage` for this model: slices, or whole volumes for a 3D stage 1."""
+    if stage == 2:
+        return Stage2Samples
+    return Stage1Volumes if model_config.stage1.volumetric else Stage1Samples
+
+
 class Stage2Samples(_Samples):
     """Slices of the ground-truth 3D liver box padded by a random 10-60 native pixels per side, resized to
     stage2_size: (image (K, S, S) of K context slices, masks (2, S, S) liver/tumor, edge targets (2, S, S)).
@@ -247,9 +342,10 @@ def _round_stride(pixels: float) -> int:
     return max(STRIDE, int(round(pixels / STRIDE)) * STRIDE)
 
 
-def _pad(tensor: torch.Tensor, size: tuple[int, int], value: float) -> torch.Tensor:
-    """(C, h, w) -> (C, *size), centred, filled with `value`."""
-    dy, dx = size[0] - tensor.shape[-2], size[1] - tensor.shape[-1]
-    if dy == 0 and dx == 0:
+def _pad(tensor: torch.Tensor, size: tuple[int, ...], value: float) -> torch.Tensor:
+    """(C, h, w) -> (C, *size) (or (C, d, h, w) -> (C, *size)), centred, filled with `value`."""
+    gaps = [s - n for s, n in zip(size, tensor.shape[1:])]
+    if not any(gaps):
         return tensor
-    return torch.nn.functional.pad(tensor, (dx // 2, dx - dx // 2, dy // 2, dy - dy // 2), value=value)
+    pads = [p for gap in reversed(gaps) for p in (gap // 2, gap - gap // 2)]  # last axis first, as F.pad wants
+    return torch.nn.functional.pad(tensor, pads, value=value)

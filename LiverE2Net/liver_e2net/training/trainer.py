@@ -28,7 +28,7 @@ from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..config import ModelConfig
 from ..devices import autocast_dtype
 from ..errors import UserInputError
-from ..models import build_network
+from ..models import build_network, channels_last, to_channels_last
 from ..progress import Reporter, null_reporter
 from . import distributed, resolve, run_folder
 from .batchnorm import recalibrate_batchnorm
@@ -36,7 +36,7 @@ from .cache import prepare_cases, prepare_usable_cases
 from .config import TrainConfig
 from .losses import stage1_loss, stage2_loss
 from .reporting import RunReporter, fmt
-from .samples import EpochSampler, Stage1Samples, Stage2Samples
+from .samples import EpochSampler, Stage1Samples, Stage2Samples, samples_of_stage
 from .schedule import PlateauSchedule
 from .sources import CaseSource, split_cases
 from .validation import validate
@@ -201,7 +201,7 @@ class Trainer:
         config, key = self.config, f"stage{stage}"
         network = build_network(self.model_config.stage1 if stage == 1 else self.model_config.stage2)
         network.load_state_dict(self.weights[stage])
-        network = network.to(self.device, memory_format=torch.channels_last)
+        network = to_channels_last(network.to(self.device))
         model = distributed.wrap(network, self.dist, self.device)
         network = model.module if self.dist.enabled else model
         optimizer = _optimizer(config, network.parameters())
@@ -216,7 +216,7 @@ class Trainer:
                 average.load_state_dict(saved["average"])
         # What is validated and saved as best.pt: the averaged weights when --ema-decay is set.
         evaluated = network if average is None else average.module
-        dataset = (Stage1Samples if stage == 1 else Stage2Samples)(self.training, self.model_config, config)
+        dataset = samples_of_stage(stage, self.model_config)(self.training, self.model_config, config)
         calibration = dataset.calibration()
         steps = config.steps_per_epoch or math.ceil(len(dataset) / (config.batch_size * self.dist.world_size))
         epoch, step, sums = saved.get("epoch", 0), saved.get("step", 0), saved.get("sums", {})
@@ -302,7 +302,7 @@ class Trainer:
     def _step(self, stage: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, batch: list[torch.Tensor]) -> tuple[float, dict]:  # fmt: skip
         image, *targets = (t.to(self.device, non_blocking=True) for t in batch)
-        image = image.contiguous(memory_format=torch.channels_last)  # (B, K, H, W): K context slices
+        image = channels_last(image)  # (B, K, H, W): K context slices; a 3D stage 1's (B, 1, D, H, W)
         autocast = self._autocast()
         with torch.autocast(self.device.type, dtype=autocast) if autocast else nullcontext():
             output = model(image)

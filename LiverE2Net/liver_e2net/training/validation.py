@@ -1,6 +1,6 @@
 """Validation on held-out cases, prepared as inference prepares them (no crops, no augmentation).
 
-Stage 1 sees every slice of each case on its stage-1 grid; stage 2 sees the ground-truth liver box with the
+Stage 1 sees every slice of each case on its stage-1 grid (a 3D stage 1: each whole case); stage 2 sees the ground-truth liver box with the
 inference margins (box_margin_mm in-plane, box_margin_slices in z) resized to stage2_size. Loss and Dice are
 summed over slices (Dice from summed tp/fp/fn, a global Dice), and summed across processes under DDP.
 """
@@ -15,8 +15,16 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from ..models import segmentation_logits
-from ..preprocessing import context_stack, normalize_hu, resize, stage1_size
+from ..models import channels_last, segmentation_logits
+from ..preprocessing import (
+    context_stack,
+    downsample_volume,
+    normalize_hu,
+    pad_to_multiple,
+    resize,
+    stage1_grid,
+    stage1_size,
+)
 from .cache import CachedCase
 from .distributed import Distributed
 from .losses import stage1_loss, stage2_loss
@@ -42,12 +50,28 @@ def stage1_batches(
     """(image (B, K, h, w) of K context slices, liver (B, 1, h, w)) per chunk of this process's slices, one
     case at a time."""
     prep = model_config.preprocessing
+    if model_config.stage1.volumetric:
+        yield from stage1_volumes(cases[rank::world_size], model_config)
+        return
     for case in cases:
         size = stage1_size(case.shape[1:], (case.spacing[1], case.spacing[0]), prep.stage1_pixel_mm)
         for chunk in _chunks(range(rank, case.shape[0], world_size), batch_size):
             image = _image(case.ct, chunk, model_config)
             liver = torch.from_numpy((case.label[chunk] >= 1).astype(np.float32))[:, None]
             yield resize(image, size), (resize(liver, size) > 0.5).float()
+
+
+def stage1_volumes(cases: list[CachedCase], model_config: ModelConfig
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """A 3D stage 1's (image (1, 1, D, H, W), liver (1, 1, D, H, W)): each whole case as inference prepares it,
+    padded to the network stride."""
+    prep = model_config.preprocessing
+    stride = 2 ** (len(model_config.stage1.widths) - 1)
+    for case in cases:
+        grid = stage1_grid(case.shape, case.spacing, prep.stage1_pixel_mm)
+        image = normalize_hu(downsample_volume(case.ct, grid), prep.hu_window)[None, None]
+        liver = (downsample_volume(case.label >= 1, grid) > 0.5).float()[None, None]
+        yield pad_to_multiple(image, stride, -1.0)[0], pad_to_multiple(liver, stride, 0.0)[0]
 
 
 def stage2_batches(
@@ -109,7 +133,7 @@ def validate(
     )
     amp = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
     for image, *targets in batches:
-        image = image.to(device).contiguous(memory_format=torch.channels_last)
+        image = channels_last(image.to(device))
         targets = [t.to(device) for t in targets]
         with amp:
             output = network(image)
@@ -122,7 +146,8 @@ def validate(
         counts = [(prediction & reference), (prediction & ~reference), (~prediction & reference)]
         sums[0] += loss.item() * image.shape[0]
         sums[1] += image.shape[0]
-        sums[2:] += torch.stack([c.sum(dim=(0, 2, 3)) for c in counts], dim=1).flatten().double().cpu()
+        spatial = (0, *range(2, prediction.ndim))  # all but the channel
+        sums[2:] += torch.stack([c.sum(dim=spatial) for c in counts], dim=1).flatten().double().cpu()
     sums = distributed.all_reduce_sum(sums)
     counts = sums[2:].view(channels, 3).tolist()
     dice = {
