@@ -141,3 +141,16 @@ def test_a_3d_stage1_trains_is_exported_beside_a_2d_stage2_and_served(tmp_path, 
     served.stage1["head.bias"] = torch.tensor([-6.0])  # no liver anywhere: said, and an empty label
     segmented = Segmenter(served, device="cpu", threads=1).segment(image)
     assert not segmented.label.any() and "no liver found" in segmented.warnings[0]
+
+
+def test_the_liver_gate_keeps_native_voxels_near_the_coarse_liver_only():
+    from liver_e2net.pipeline import near_coarse_liver
+
+    coarse = np.zeros((10, 10, 10), bool)
+    coarse[4:6, 4:6, 4:6] = True  # 4 mm voxels: 32..48 mm on every axis
+    box = Box(0, 20, 0, 20, 0, 20)  # native 2 mm voxels
+    inside = near_coarse_liver(coarse, (20, 20, 20), box, margin_mm=4.0, voxel_mm=4.0)
+    assert inside.shape == (20, 20, 20) and inside[10, 10, 10] and inside[6, 10, 10] and not inside[4, 10, 10]
+    assert not near_coarse_liver(coarse, (20, 20, 20), box, 0.0, 4.0)[7, 10, 10]
+    shifted = near_coarse_liver(coarse, (20, 20, 20), Box(8, 12, 8, 12, 8, 12), 0.0, 4.0)
+    assert shifted.all()  # the box's own voxels map to the coarse liver they lie in

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
+from scipy import ndimage
 
 from .checkpoint import Checkpoint, default_model_path, load_checkpoint
 from .config import PreprocessingConfig
@@ -106,6 +107,7 @@ class Segmenter:
         stage2_batch: int = 8,
         tta: TestTimeAugmentation = TestTimeAugmentation(),
         fp_filter: str = "auto",
+        liver_gate_mm: float | None = None,
     ):
         if checkpoint is None:
             checkpoint = default_model_path()
@@ -127,6 +129,8 @@ class Segmenter:
         self.autocast = autocast_dtype(self.device)
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
         self.tta = tta
+        # With a 3D stage 1: stage 2's liver and tumors only within this distance of its coarse liver (None: off).
+        self.liver_gate_mm = liver_gate_mm
         self.flip_warning = flip_warning(self.checkpoint) if tta.flip else None
         self.stage2_sizes = tta.sizes(self.config.preprocessing.stage2_size)
 
@@ -143,7 +147,7 @@ class Segmenter:
         start = time.perf_counter()
         volume, record = to_network_frame(image)
         progress("stage1", PROGRESS_SPAN["stage1"][0], "coarse liver")
-        box = self._stage1(volume, progress)
+        box, coarse = self._stage1(volume, progress)
         seconds["stage1"] = time.perf_counter() - start
         warnings = [self.flip_warning] if self.flip_warning else []
         rejected = 0 if tumors and self.fp_filter is not None else None
@@ -155,6 +159,10 @@ class Segmenter:
         else:
             mark = time.perf_counter()
             box_probabilities = self._stage2(volume, box, progress)  # (2, z, y, x) float32 on the box
+            if self.liver_gate_mm is not None and self.config.stage1.volumetric:
+                inside = near_coarse_liver(coarse, volume.array.shape, box, self.liver_gate_mm,
+                                           self.config.preprocessing.stage1_pixel_mm)  # fmt: skip
+                box_probabilities *= inside
             seconds["stage2"] = time.perf_counter() - mark
             mark = time.perf_counter()
             progress("postprocess", 0.9, "cleaning up")
@@ -196,13 +204,14 @@ class Segmenter:
         stack = context_stack(array, range(start, stop), prep.context_slices)
         return normalize_hu(torch.from_numpy(stack).to(self.device, non_blocking=True), prep.hu_window)
 
-    def _stage1(self, volume: Volume, progress: Reporter) -> Box | None:
-        """Coarse liver (slice by slice, or the whole CT at once by a 3D stage 1); its largest 3D component gives
-        the liver box (native voxels)."""
+    def _stage1(self, volume: Volume, progress: Reporter) -> tuple[Box | None, np.ndarray]:
+        """Coarse liver (slice by slice, or the whole CT at once by a 3D stage 1) -> the liver box (native voxels)
+        of its largest 3D component, and that component on stage 1's grid."""
         coarse = (self._coarse_volume if self.config.stage1.volumetric else self._coarse_slices)(volume, progress)
         if not coarse.any():
-            return None
-        return liver_box(largest_component(coarse), volume, self.config.preprocessing)
+            return None, coarse
+        coarse = largest_component(coarse)
+        return liver_box(coarse, volume, self.config.preprocessing), coarse
 
     def _coarse_slices(self, volume: Volume, progress: Reporter) -> np.ndarray:
         """[z, h, w] coarse liver of every slice at the stage-1 pixel size."""
@@ -261,6 +270,20 @@ def liver_box(coarse: np.ndarray, volume: Volume, prep: PreprocessingConfig) -> 
     z0, y0, x0 = (max(0, int(b * s) - m) for b, s, m in zip(low, scale, margin))
     z1, y1, x1 = (min(n, int(np.ceil(b * s)) + m) for b, s, m, n in zip(high, scale, margin, shape))
     return Box(z0, z1, y0, y1, x0, x1)
+
+
+def near_coarse_liver(coarse: np.ndarray, shape: tuple[int, int, int], box: Box, margin_mm: float,
+                      voxel_mm: float) -> np.ndarray:  # fmt: skip
+    """[z, y, x] bool over `box`: native voxels within about `margin_mm` of the coarse liver (on an isotropic
+    stage-1 grid of `voxel_mm` that divides `shape` evenly), each mapped to the coarse voxel holding it."""
+    radius = int(np.ceil(margin_mm / voxel_mm))
+    ball = np.linalg.norm(np.indices((2 * radius + 1,) * 3) - radius, axis=0) <= radius
+    grown = ndimage.binary_dilation(coarse, ball) if radius else coarse
+    index = [
+        np.minimum(np.arange(start, stop) * c // n, c - 1)
+        for start, stop, c, n in zip((box.z0, box.y0, box.x0), (box.z1, box.y1, box.x1), coarse.shape, shape)
+    ]
+    return grown[np.ix_(*index)]
 
 
 def input_grid_zeros(record, channels: int) -> np.ndarray:
