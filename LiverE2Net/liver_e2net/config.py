@@ -42,6 +42,11 @@ class NetworkConfig:
         """True for a 3D network: it takes the whole CT (B, 1, D, H, W), not slices with context channels."""
         return self.arch == "unet3d"
 
+    @property
+    def volume_stride(self) -> int:
+        """unet3d: each level halves the grid, so inputs must be multiples of this."""
+        return 2 ** (len(self.widths) - 1)
+
 
 @dataclass(frozen=True)
 class PreprocessingConfig:

@@ -25,7 +25,7 @@ class UNet3D(nn.Module):
     def __init__(self, config: NetworkConfig):
         super().__init__()
         widths = config.widths
-        self.stride = 2 ** (len(widths) - 1)
+        self.stride = config.volume_stride
         self.encoders = nn.ModuleList(
             [nn.Sequential(conv_bn_relu_3d(config.in_channels, widths[0]), conv_bn_relu_3d(widths[0], widths[0]))]
             + [

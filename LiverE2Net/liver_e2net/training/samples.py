@@ -199,7 +199,7 @@ class Stage1Volumes(_Samples):
                 f"{', '.join(c.name for c in cases)} are all thinner: add whole-liver CTs or use --stage1-net 2d"
             )
         super().__init__(deep, model_config, train_config, stream)
-        stride = 2 ** (len(model_config.stage1.widths) - 1)
+        stride = model_config.stage1.volume_stride
         self.size = tuple(
             max(stride, int(round(mm / voxel_mm / stride)) * stride) for mm in train_config.stage1_volume_crop_mm
         )

@@ -66,7 +66,7 @@ def stage1_volumes(cases: list[CachedCase], model_config: ModelConfig
     """A 3D stage 1's (image (1, 1, D, H, W), liver (1, 1, D, H, W)): each whole case as inference prepares it,
     padded to the network stride."""
     prep = model_config.preprocessing
-    stride = 2 ** (len(model_config.stage1.widths) - 1)
+    stride = model_config.stage1.volume_stride
     for case in cases:
         grid = stage1_grid(case.shape, case.spacing, prep.stage1_pixel_mm)
         image = normalize_hu(downsample_volume(case.ct, grid), prep.hu_window)[None, None]
