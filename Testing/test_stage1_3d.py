@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from liver_e2net import cli
 from liver_e2net.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
-from liver_e2net.config import with_context_slices, with_stage1_net
+from liver_e2net.config import STAGE1_LIVER_GATE_MM, with_context_slices, with_stage1_net
 from liver_e2net.errors import UserInputError
 from liver_e2net.io import Volume
 from liver_e2net.models import build_network
@@ -130,6 +130,12 @@ def test_a_3d_stage1_trains_is_exported_beside_a_2d_stage2_and_served(tmp_path, 
     save_checkpoint(random_checkpoint(with_context_slices(TINY, 3)), other)
     code = cli.main(["export-model", "--stage1", str(result.best), "--stage2", str(other), "-o", str(tmp_path / "x.pt")])
     assert code != 0 and "different model configs" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
+    assert served.config.preprocessing.liver_gate_mm == STAGE1_LIVER_GATE_MM  # as trained, unless asked
+    ungated = tmp_path / "ungated.pt"
+    assert cli.main(["export-model", "--stage1", str(combined), "--liver-gate-mm", "0", "-o", str(ungated)]) == 0
+    assert load_checkpoint(ungated).config.preprocessing.liver_gate_mm is None
+    code = cli.main(["export-model", "--stage1", str(stage2), "--liver-gate-mm", "10", "-o", str(tmp_path / "y.pt")])
+    assert code != 0 and "2D stage 1" in capsys.readouterr().err and not (tmp_path / "y.pt").exists()
 
     served.stage1["head.weight"] = torch.zeros_like(served.stage1["head.weight"])
     served.stage1["head.bias"] = torch.tensor([6.0])  # liver everywhere: the box is the whole CT

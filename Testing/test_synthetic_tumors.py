@@ -172,7 +172,7 @@ def test_same_seed_same_arrays_different_seed_different():
 @pytest.mark.parametrize(("kind", "contrast"), [("hypodense", -50.0), ("hyperdense", 30.0)])
 def test_tumor_differs_from_surrounding_liver_by_requested_contrast(kind, contrast):
     ct, label = make_phantom(vessels=False, real_tumor=False)
-    weights = (1.0, 0, 0, 0, 0, 0, 0) if kind == "hypodense" else (0, 1.0, 0, 0, 0, 0, 0)
+    weights = (1.0, 0, 0, 0, 0, 0, 0, 0) if kind == "hypodense" else (0, 1.0, 0, 0, 0, 0, 0, 0)
     config = replace(
         sphere_config(20.0),
         kind_weights=weights,
@@ -277,6 +277,19 @@ def test_necrotic_centre_is_darker_than_its_viable_wall():
     liver = np.median(ct[label == 1])
     wall, centre = new_ct[(depth > 0) & (depth <= 2.0)].mean() - liver, new_ct[depth > 8.0].mean() - liver
     assert centre < -70 and -50 < wall < -10, (wall, centre)
+
+
+def test_target_lesion_has_a_dark_core_in_a_faint_periphery_labelled_to_its_edge():
+    ct, label = make_phantom(vessels=False, real_tumor=False)
+    config = replace(_one_kind("target"), target_periphery_hu=(-10.0, -10.0), hypodense_hu=(-60.0, -60.0))
+    new_ct, new_label, records = insert_tumors(ct, label, SPACING, np.random.default_rng(5), config)
+    assert records[0].kind == "target"
+    synthetic, depth = _inside_and_edge(label, new_label)
+    liver = np.median(ct[label == 1])
+    edge = new_ct[synthetic & (depth > 1.0) & (depth <= 2.0)].mean() - liver
+    centre = new_ct[depth > 0.8 * depth.max()].mean() - liver
+    assert centre < -45 and -20 < edge < 0, (edge, centre)
+    assert (depth <= 2.0)[synthetic].sum() > 0.15 * synthetic.sum()  # the faint part is labelled tumor too
 
 
 def test_calcified_tumor_has_bright_specks_inside_only():

@@ -55,6 +55,8 @@ class PreprocessingConfig:
     stage2_size: int = 256  # liver crops are resized to stage2_size x stage2_size
     box_margin_mm: float = 15.0  # margin added around the stage-1 liver box (in-plane)
     box_margin_slices: int = 2  # extra slices above and below the stage-1 liver
+    # A 3D stage 1 only: stage 2's liver and tumors are kept within this distance of its coarse liver (None: off).
+    liver_gate_mm: float | None = None
     # 2.5D input (H-DenseUNet's 2D part, the LiTS-2017 winner): slices z-k..z+k as channels, k = n // 2.
     context_slices: int = 1
 
@@ -159,6 +161,8 @@ def with_context_slices(config: ModelConfig, context_slices: int) -> ModelConfig
 
 STAGE1_NETS = ("2d", "3d")
 STAGE1_VOXEL_MM = 4.0  # a 3D stage 1's voxel: a 400 x 400 x 300 mm abdomen is 100 x 100 x 75 voxels
+# Chosen on case06 held out (liver Dice 0.895 ungated, 0.897 at 20 mm, 0.901 at 10 mm; README, Results).
+STAGE1_LIVER_GATE_MM = 10.0
 
 
 def with_stage1_net(config: ModelConfig, net: str) -> ModelConfig:
@@ -172,10 +176,11 @@ def with_stage1_net(config: ModelConfig, net: str) -> ModelConfig:
     if net == "2d":
         default = get_config(config.name)
         stage1 = dataclasses.replace(default.stage1, in_channels=config.preprocessing.context_slices)
-        pixel_mm = default.preprocessing.stage1_pixel_mm
+        pixel_mm, gate_mm = default.preprocessing.stage1_pixel_mm, None
     else:
-        stage1, pixel_mm = NetworkConfig(arch="unet3d", out_channels=1, in_channels=1), STAGE1_VOXEL_MM
-    preprocessing = dataclasses.replace(config.preprocessing, stage1_pixel_mm=pixel_mm)
+        stage1 = NetworkConfig(arch="unet3d", out_channels=1, in_channels=1)
+        pixel_mm, gate_mm = STAGE1_VOXEL_MM, STAGE1_LIVER_GATE_MM
+    preprocessing = dataclasses.replace(config.preprocessing, stage1_pixel_mm=pixel_mm, liver_gate_mm=gate_mm)
     return dataclasses.replace(config, stage1=stage1, preprocessing=preprocessing)
 
 

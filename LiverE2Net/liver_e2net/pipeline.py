@@ -107,7 +107,6 @@ class Segmenter:
         stage2_batch: int = 8,
         tta: TestTimeAugmentation = TestTimeAugmentation(),
         fp_filter: str = "auto",
-        liver_gate_mm: float | None = None,
     ):
         if checkpoint is None:
             checkpoint = default_model_path()
@@ -129,8 +128,6 @@ class Segmenter:
         self.autocast = autocast_dtype(self.device)
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
         self.tta = tta
-        # With a 3D stage 1: stage 2's liver and tumors only within this distance of its coarse liver (None: off).
-        self.liver_gate_mm = liver_gate_mm
         self.flip_warning = flip_warning(self.checkpoint) if tta.flip else None
         self.stage2_sizes = tta.sizes(self.config.preprocessing.stage2_size)
 
@@ -159,10 +156,11 @@ class Segmenter:
         else:
             mark = time.perf_counter()
             box_probabilities = self._stage2(volume, box, progress)  # (2, z, y, x) float32 on the box
-            if self.liver_gate_mm is not None and self.config.stage1.volumetric:
-                inside = near_coarse_liver(coarse, volume.array.shape, box, self.liver_gate_mm,
-                                           self.config.preprocessing.stage1_pixel_mm)  # fmt: skip
-                box_probabilities *= inside
+            prep = self.config.preprocessing
+            if prep.liver_gate_mm is not None and self.config.stage1.volumetric:
+                box_probabilities *= near_coarse_liver(
+                    coarse, volume.array.shape, box, prep.liver_gate_mm, prep.stage1_pixel_mm
+                )
             seconds["stage2"] = time.perf_counter() - mark
             mark = time.perf_counter()
             progress("postprocess", 0.9, "cleaning up")

@@ -35,7 +35,7 @@ class RobustnessRow:
 
 # The kinds this test has always drawn (hypodense 80 %, hyperdense 10 %, rim 10 %), so that figures of
 # different models and sessions stay comparable as the generator learns new kinds.
-ROBUSTNESS_KINDS = (0.8, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0)
+ROBUSTNESS_KINDS = (0.8, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
 def synthetic_tumor_trial(

@@ -36,6 +36,13 @@ def register(subparsers) -> None:
         "tumor Dice, lesions found and false lesions become the figures `info` and the panel show",
     )
     parser.add_argument(
+        "--liver-gate-mm",
+        type=float,
+        metavar="MM",
+        help="with a 3D stage 1: keep stage 2's liver and tumors within MM of its coarse liver (0: off; "
+        "default: as trained)",
+    )
+    parser.add_argument(
         "--full-precision", action="store_true", help="keep fp32 weights (default: fp16, half size)"
     )
     parser.set_defaults(func=run)
@@ -66,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
         second.config,
         stage1=first.config.stage1,
         preprocessing=dataclasses.replace(
-            second.config.preprocessing, stage1_pixel_mm=first.config.preprocessing.stage1_pixel_mm
+            second.config.preprocessing,
+            stage1_pixel_mm=first.config.preprocessing.stage1_pixel_mm,
+            liver_gate_mm=liver_gate(first.config, args.liver_gate_mm, args.stage1),
         ),
     )
     # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.
@@ -79,10 +88,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def beyond_stage1(config) -> dict:
-    """A model config's settings but stage 1's own (its network and pixel size): what two exported stages share."""
+    """A model config's settings but stage 1's own (network, pixel size, gate): what two exported stages share."""
     settings = config.to_dict()
     del settings["stage1"], settings["preprocessing"]["stage1_pixel_mm"]
+    settings["preprocessing"].pop("liver_gate_mm")
     return settings
+
+
+def liver_gate(stage1_config, requested_mm: float | None, source: str) -> float | None:
+    """The exported gate: as requested (0: off) or as stage 1 was trained; only a 3D stage 1 has a gate."""
+    if requested_mm is None:
+        return stage1_config.preprocessing.liver_gate_mm
+    if requested_mm < 0:
+        raise UserInputError(f"--liver-gate-mm {requested_mm}: use a distance >= 0 (0 turns the gate off)")
+    if not stage1_config.stage1.volumetric and requested_mm > 0:
+        raise UserInputError(
+            f"--liver-gate-mm: {source} has a 2D stage 1, and the gate needs a 3D one's coarse liver; "
+            "leave the option out or export a 3D stage 1 (train --stage1-net 3d)"
+        )
+    return requested_mm or None
 
 
 def held_out_rows(path: Path) -> list[dict]:

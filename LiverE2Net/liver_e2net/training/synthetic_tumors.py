@@ -37,7 +37,7 @@ LIVER, TUMOR = 1, 2
 # hyper-attenuating (arterial HCC, hypervascular metastases), rim-enhancing, iso-attenuating with only a thin
 # enhancing capsule to show them, a necrotic (much darker) centre inside a viable wall, and calcified
 # (mucinous colorectal) metastases with bright specks.
-TUMOR_KINDS = ("hypodense", "hyperdense", "rim", "isodense", "capsule", "necrotic", "calcified")
+TUMOR_KINDS = ("hypodense", "hyperdense", "rim", "isodense", "capsule", "necrotic", "calcified", "target")
 _VESSEL_SMOOTH_MM = 1.0  # smoothing before the vessel threshold, so that CT noise is not taken for vessels
 _BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces CT structure coarser than this and keeps the finer noise
 _PERCENTILE_SAMPLES = 200_000  # liver voxels used to estimate the vessel threshold
@@ -52,6 +52,9 @@ class SyntheticTumorConfig:
     large (25-80) with weights favouring small/medium. Contrast to the liver: hypodense -80 to -20 HU
     (colorectal metastases in the portal phase, e.g. case06's 48 ml metastasis at about -30 HU), hyperdense
     +15 to +40 (arterial HCC), isodense -15 to -5 with a +20 to +40 HU capsule, necrotic centres -100 to -60.
+    Target lesions (the "target"/"doughnut" look of large metastases, Silverman et al., Radiology 1998): a
+    dark hypodense core inside a wide viable periphery only -20 to -5 HU from the liver, labelled tumor to its
+    edge, so that the network learns a tumor's faint margin and not only its dark centre.
     """
 
     count_range: tuple[int, int] = (1, 10)
@@ -61,7 +64,7 @@ class SyntheticTumorConfig:
     axis_ratio_range: tuple[float, float] = (0.75, 1.25)  # per-axis ratio before normalising the volume
     warp_strength: float = 0.12  # elastic displacement (std), as a fraction of the radius; below 0.25
     warp_points: int = 5  # control points per axis of the displacement grid: lobulation scale
-    kind_weights: tuple[float, ...] = (0.5, 0.12, 0.1, 0.06, 0.08, 0.08, 0.06)  # in TUMOR_KINDS order
+    kind_weights: tuple[float, ...] = (0.4, 0.12, 0.1, 0.06, 0.08, 0.08, 0.06, 0.1)  # in TUMOR_KINDS order
     hypodense_hu: tuple[float, float] = (-80.0, -20.0)
     hyperdense_hu: tuple[float, float] = (15.0, 40.0)
     isodense_hu: tuple[float, float] = (-15.0, -5.0)
@@ -69,6 +72,8 @@ class SyntheticTumorConfig:
     rim_width_mm: float = 2.0
     capsule_width_mm: float = 1.0
     necrosis_hu: tuple[float, float] = (-100.0, -60.0)  # the necrotic centre, relative to the liver
+    target_periphery_hu: tuple[float, float] = (-20.0, -5.0)  # a target lesion's outer part; its core: hypodense_hu
+    target_core_fraction: float = 0.3  # the core lies deeper than this share of the lesion's depth
     calcification_hu: tuple[float, float] = (150.0, 400.0)  # bright specks, relative to the liver
     texture_std_hu: float = 6.0
     texture_scale_mm: float = 4.0  # grain of the texture: spacing of the noise before upsampling
@@ -286,12 +291,18 @@ def _draw_diameter(rng: np.random.Generator, config: SyntheticTumorConfig) -> fl
 def _draw_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> _Appearance:
     weights = np.asarray(config.kind_weights, dtype=float)
     kind = TUMOR_KINDS[int(rng.choice(len(TUMOR_KINDS), p=weights / weights.sum()))]
-    core_range = {"hyperdense": config.hyperdense_hu, "isodense": config.isodense_hu}
+    core_range = {
+        "hyperdense": config.hyperdense_hu,
+        "isodense": config.isodense_hu,
+        "target": config.target_periphery_hu,  # "contrast" is the value at the edge, "rim" the centre's
+    }
     contrast = rng.uniform(*core_range.get(kind, config.hypodense_hu))
     if kind in ("rim", "capsule", "isodense"):
         rim = rng.uniform(*config.rim_hu)
     elif kind == "necrotic":
         rim = rng.uniform(*config.necrosis_hu)  # for necrotic tumors the "rim" value is the centre's
+    elif kind == "target":
+        rim = rng.uniform(*config.hypodense_hu)
     else:
         rim = contrast
     push = (
@@ -454,8 +465,9 @@ def _contrast_map(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rn
     if kind in ("rim", "capsule", "isodense"):
         width = config.rim_width_mm if kind == "rim" else config.capsule_width_mm
         return contrast + (appearance.rim_hu - contrast) * np.exp(-((depth / width) ** 2))
-    if kind == "necrotic":  # the centre (deeper than 40 % of the tumor's depth) turns to necrosis
-        inner = 0.4 * max(float(depth.max()), 1e-3)
+    if kind in ("necrotic", "target"):  # the centre (deeper than a share of the tumor's depth) takes rim_hu
+        share = 0.4 if kind == "necrotic" else config.target_core_fraction
+        inner = share * max(float(depth.max()), 1e-3)
         return contrast + (appearance.rim_hu - contrast) / (1 + np.exp(-(depth - inner) / 1.0))
     specks = (rng.random(depth.shape) < 0.01) & (depth > 1.0)  # calcified: about 1 % of the inner voxels
     bright = ndimage.gaussian_filter(specks.astype(np.float32), 0.7 / spacing_zyx) * 4.0
