@@ -160,3 +160,24 @@ def test_the_liver_gate_keeps_native_voxels_near_the_coarse_liver_only():
     assert not near_coarse_liver(coarse, (20, 20, 20), box, 0.0, 4.0)[7, 10, 10]
     shifted = near_coarse_liver(coarse, (20, 20, 20), Box(8, 12, 8, 12, 8, 12), 0.0, 4.0)
     assert shifted.all()  # the box's own voxels map to the coarse liver they lie in
+
+
+def test_a_3d_stage1_sees_large_synthetic_tumors_as_liver_where_there_is_room():
+    from liver_e2net.training.samples import STAGE1_SIZE_WEIGHTS, with_large_tumors
+    from liver_e2net.training.synthetic_tumors import SyntheticTumorConfig
+
+    grid = np.indices((40, 40, 40)) - 20
+    liver = (np.linalg.norm(grid, axis=0) <= 14).astype(np.uint8)  # a 112 mm ball on 4 mm voxels
+    hu = np.where(liver > 0, 60.0, -100.0).astype(np.float32)
+    config = SyntheticTumorConfig(size_class_weights=STAGE1_SIZE_WEIGHTS, allow_border=True)
+    new_hu, new_label = with_large_tumors(hu, liver, 4.0, np.random.default_rng(0), config)
+    tumor = new_label == 2
+    assert tumor.sum() * 4.0**3 >= 523.6 / 2  # at least one tumor of >= 10 mm (half a 10 mm ball, in mm3)
+    assert ((new_label >= 1) == (liver > 0)).all()  # the tumors replace liver, so stage 1's target is unchanged
+    assert abs(float(new_hu[tumor].mean()) - 60.0) > 3  # and they look different from it
+    tiny = np.zeros_like(liver)
+    tiny[20, 20, 20] = 1  # a one-voxel liver: a tumor fills it, and its HU stay finite
+    assert np.isfinite(with_large_tumors(hu, tiny, 4.0, np.random.default_rng(0), config)[0]).all()
+    none = np.zeros_like(liver)  # no liver, no room: the volume as it was
+    same_hu, same_label = with_large_tumors(hu, none, 4.0, np.random.default_rng(0), config)
+    assert same_hu is hu and same_label is none

@@ -66,7 +66,7 @@ class TrainConfig:
     lr_drops: int = 2  # paper: stop once the loss plateaus again after two drops
     val_cases: tuple[str, ...] = ()
     val_fraction: float = 0.2
-    synthetic_tumors: float = 0.0  # probability per stage-2 sample
+    synthetic_tumors: float = 0.0  # probability per sample of stage 2 (and of a 3D stage 1: large tumors)
     # Weights of the synthetic size classes tiny 3-5, small 5-10, medium 10-25, large 25-60 mm (Hu et al.'s
     # defaults); a short training budget learns the larger ones first.
     synthetic_size_weights: tuple[float, ...] = SyntheticTumorConfig.size_class_weights

@@ -30,12 +30,13 @@ from .augment import (
 )
 from .cache import CachedCase
 from .config import TrainConfig
-from .synthetic_tumors import insert_tumors_slab
+from .synthetic_tumors import insert_tumors, insert_tumors_slab
 from .targets import edge_targets
 
 log = logging.getLogger("liver_e2net.training")
 
 STRIDE = 32  # the networks downsample 32 times
+STAGE1_SIZE_WEIGHTS = (0.0, 0.0, 0.3, 0.7)  # a 3D stage 1's synthetic tumors: 10-80 mm (4 mm voxels)
 SYNTHETIC_SLAB_HALF = 2  # slices either side of the sample's slice given to the 3D tumor painter
 TRAINING, CALIBRATION = 0, 1  # independent random streams of samples
 
@@ -204,6 +205,12 @@ class Stage1Volumes(_Samples):
             max(stride, int(round(mm / voxel_mm / stride)) * stride) for mm in train_config.stage1_volume_crop_mm
         )
         self.volumes = [_volume_on_grid(case, voxel_mm) for case in deep]
+        self.voxel_mm = voxel_mm
+        # Large tumors, at the capsule too: the coarse liver must hold a liver's tumors, or the box and the gate
+        # cut them off (the training CTs have one real tumor among them).
+        self.tumor_config = dataclasses.replace(
+            train_config.synthetic_tumor_config(), size_class_weights=STAGE1_SIZE_WEIGHTS, allow_border=True
+        )
 
     def __len__(self) -> int:
         return sum(hu.shape[0] for hu, _ in self.volumes)  # an epoch of one pass: as many samples as z voxels
@@ -211,6 +218,8 @@ class Stage1Volumes(_Samples):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = self.rng(index)
         hu, label = self.volumes[int(rng.integers(len(self.volumes)))]
+        if self.config.synthetic_tumors > 0 and rng.random() < self.config.synthetic_tumors:
+            hu, label = with_large_tumors(hu, label, self.voxel_mm, rng, self.tumor_config)
         augment = self.config.augment
         if augment.enabled and rng.random() < augment.phase_probability:
             hu = simulate_phase(hu, label, str(rng.choice(PHASES[1:])), rng)
@@ -238,6 +247,17 @@ class Stage1Volumes(_Samples):
         else:
             wanted = np.array([rng.integers(max(1, n - s + 1)) for n, s in zip(shape, self.size)])
         return tuple(int(np.clip(w, 0, max(0, n - s))) for w, n, s in zip(wanted, shape, self.size))
+
+
+def with_large_tumors(hu: np.ndarray, label: np.ndarray, voxel_mm: float, rng: np.random.Generator,
+                      config) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(HU, label) on a 3D stage 1's isotropic grid with synthetic tumors painted in (labelled 2, inside the
+    liver), or as given where the liver has no room for one."""
+    try:
+        hu, label, _ = insert_tumors(hu, label, (voxel_mm,) * 3, rng, config)
+    except UserInputError:
+        pass
+    return hu, label
 
 
 _VOLUMES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}

@@ -438,7 +438,8 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
     liver = label_box == LIVER
     core, alpha, distance = shape.core[local], shape.alpha[local], shape.distance_mm[local]
     original = ct[volume].astype(np.float32)
-    liver_median = float(np.median(original[liver & ~core]))
+    surround = original[liver & ~core]  # empty when the tumor fills a tiny liver's box: then the liver itself
+    liver_median = float(np.median(surround if surround.size else original[liver]))
     pushed = _mass_effect(original, shape, local, appearance.mass_effect_mm, spacing_zyx, config)
     background = ndimage.gaussian_filter(pushed, _BACKGROUND_SMOOTH_MM / spacing_zyx, truncate=2.0)
     texture_cells = tuple(
