@@ -74,6 +74,10 @@ def test_held_out_figures_replace_validation_dice_in_the_description(tmp_path, c
     description = load_checkpoint(out).describe()
     assert "held-out case01: liver Dice 0.951, tumor Dice 0.612, 2/2 lesions, 1 false" in description
     assert "val Dice" not in description and "0.77" not in description
+    other = save_checkpoint(random_checkpoint(lite_config(), seed=1), tmp_path / "other.pt")
+    paired = tmp_path / "paired.pt"
+    assert main(["export-model", "--stage1", str(out), "--stage2", str(other), "-o", str(paired)]) == 0
+    assert "no held-out real-CT accuracy" in load_checkpoint(paired).describe()  # not the first model's figures
     (tmp_path / "bad.json").write_text("{}")
     refused = ["export-model", "--stage1", str(run), "-o", str(tmp_path / "n.pt"), "--held-out", str(tmp_path / "bad.json")]
     assert main(refused) == 2

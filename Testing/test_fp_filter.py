@@ -276,7 +276,9 @@ def speckled(tmp_path_factory) -> tuple[Path, Path, Path]:
     from liver_e2net.pipeline import Segmenter
 
     folder = tmp_path_factory.mktemp("speckled")
-    model = save_checkpoint(biased_checkpoint(liver_bias=0.5, tumor_bias=0.0), folder / "speckled.pt")
+    speckled = biased_checkpoint(liver_bias=0.5, tumor_bias=0.0)
+    speckled.metadata["held_out"] = [{"case": "case01", "liver_dice": 0.9, "tumor_dice": 0.5}]  # without a filter
+    model = save_checkpoint(speckled, folder / "speckled.pt")
     ct_path, label_path = shared_case("case02_ct.nii.gz"), shared_case("case02_label.nii.gz")
     ct = sitk.ReadImage(str(ct_path))
     predicted = Segmenter(model, device="cpu", threads=1, fp_filter="off").segment(ct).label
@@ -306,6 +308,7 @@ def test_train_fp_filter_end_to_end_then_segment_with_it(tmp_path: Path, capsys,
     assert training["true_positives"] >= 3 and training["false_positives"] >= 3
     assert training["cases"] == ["case02"] and training["synthetic_copies"] == 1
     assert checkpoint.fp_filter.model_fingerprint == weights_fingerprint(load_checkpoint(model).stage2)
+    assert "held_out" not in checkpoint.metadata  # measured without this filter, so no longer this model's
 
     report = tmp_path / "report.json"
     segment = ["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--model", str(out), "--threads", "1"]

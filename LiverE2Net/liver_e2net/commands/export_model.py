@@ -69,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
     if held_out:
         metadata["held_out"] = held_out
+    elif args.stage2 or args.liver_gate_mm is not None:
+        metadata.pop("held_out", None)  # another model's figures: they would describe this one wrongly
     config = dataclasses.replace(
         second.config,
         stage1=first.config.stage1,

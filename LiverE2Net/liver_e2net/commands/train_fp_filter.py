@@ -85,7 +85,10 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     kept = fp_filter.keep(candidates.features)
-    path = save_checkpoint(dataclasses.replace(checkpoint, fp_filter=fp_filter, path=None), args.output)
+    # A new filter changes the model's output: held-out figures measured without it no longer describe it.
+    metadata = {key: value for key, value in checkpoint.metadata.items() if key != "held_out"}
+    filtered = dataclasses.replace(checkpoint, fp_filter=fp_filter, metadata=metadata, path=None)
+    path = save_checkpoint(filtered, args.output)
     print(counts)
     print(
         f"cross-validated accuracy {accuracy['cv_accuracy']:.3f} (balanced {accuracy['cv_balanced_accuracy']:.3f}, "
