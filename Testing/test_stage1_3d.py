@@ -173,7 +173,8 @@ def test_a_3d_stage1_sees_large_synthetic_tumors_as_liver_where_there_is_room():
     new_hu, new_label = with_large_tumors(hu, liver, 4.0, np.random.default_rng(0), config)
     tumor = new_label == 2
     assert tumor.sum() * 4.0**3 >= 523.6 / 2  # at least one tumor of >= 10 mm (half a 10 mm ball, in mm3)
-    assert ((new_label >= 1) == (liver > 0)).all()  # the tumors replace liver, so stage 1's target is unchanged
+    assert (new_label[liver > 0] >= 1).all()  # tumors replace liver: all of it stays stage 1's target
+    assert (new_label[(liver == 0) & (new_label > 0)] == 2).all()  # and what bulges out of it is tumor
     assert abs(float(new_hu[tumor].mean()) - 60.0) > 3  # and they look different from it
     tiny = np.zeros_like(liver)
     tiny[20, 20, 20] = 1  # a one-voxel liver: a tumor fills it, and its HU stay finite

@@ -313,3 +313,23 @@ def test_tumor_count_runs_from_one_to_the_cap_with_one_most_often():
     assert max(c[1] for c in SyntheticTumorConfig().size_classes_mm) == 80.0
     with pytest.raises(UserInputError, match="kind_weights"):
         SyntheticTumorConfig(kind_weights=(1.0, 0.0, 0.0))
+
+
+def test_border_tumors_may_bulge_out_of_the_liver_onto_soft_tissue_only():
+    ct, label = make_phantom(vessels=False, real_tumor=False)
+    ct[:, :, :8] = -1000  # air at one side: a bulge must never paint it
+    config = replace(
+        _one_kind("hypodense"), allow_border=True, exophytic_probability=1.0, hypodense_hu=(-40.0, -40.0)
+    )
+    new_ct, new_label, records = insert_tumors(ct, label, SPACING, np.random.default_rng(6), config)
+    assert records[0].exophytic and records[0].mass_effect_mm == 0
+    synthetic = new_tumor(label, new_label)
+    outside = synthetic & (label == 0)
+    assert outside.any() and 1 - outside.sum() / synthetic.sum() >= config.exophytic_min_inside
+    liver = np.median(ct[label == 1])
+    deep = ndimage.distance_transform_edt(outside, sampling=spacing_zyx()) > 1.5
+    assert abs(new_ct[deep].mean() - (liver - 40)) < 10  # the bulge looks like the tumor, not like fat
+    assert (new_ct[ct == -1000] == -1000).all()
+    inside_only = replace(config, allow_border=False)  # no border, no bulge: the default of every tumor
+    _, inside_label, inside_records = insert_tumors(ct, label, SPACING, np.random.default_rng(6), inside_only)
+    assert not inside_records[0].exophytic and not (new_tumor(label, inside_label) & (label == 0)).any()

@@ -55,6 +55,10 @@ class SyntheticTumorConfig:
     Target lesions (the "target"/"doughnut" look of large metastases, Silverman et al., Radiology 1998): a
     dark hypodense core inside a wide viable periphery only -20 to -5 HU from the liver, labelled tumor to its
     edge, so that the network learns a tumor's faint margin and not only its dark centre.
+    Where tumors may touch the border (`allow_border`), a share of them (`exophytic_probability`) is centred on
+    the liver's outline and bulges out of it into the soft tissue beside the liver (fat, muscle: -150 to 150 HU),
+    as subcapsular metastases and exophytic HCC do; the bulge is tumor too, so the network does not learn that a
+    tumor stops at the liver's outline.
     """
 
     count_range: tuple[int, int] = (1, 10)
@@ -82,7 +86,10 @@ class SyntheticTumorConfig:
     mass_effect_max_mm: float = 2.0  # largest push at the tumor surface (tumors of 30 mm or more)
     mass_effect_extent_mm: float = 6.0  # the push fades to zero at this distance from the tumor
     liver_margin_mm: float = 3.0
-    allow_border: bool = False  # True: tumors may touch the liver border (still wholly inside the liver)
+    allow_border: bool = False  # True: tumors may touch the liver border (and, some, bulge out of it)
+    exophytic_probability: float = 0.3  # with allow_border: share of tumors centred on the outline, bulging out
+    exophytic_min_inside: float = 0.4  # at least this share of a bulging tumor lies in the liver
+    soft_tissue_hu: tuple[float, float] = (-150.0, 150.0)  # what a bulging tumor may replace outside the liver
     vessel_percentile: float = 95.0
     vessel_margin_mm: float = 2.0
     max_tries: int = 40  # random centres tried per size before the tumor is shrunk
@@ -110,6 +117,8 @@ class SyntheticTumorConfig:
             raise UserInputError(f"kind_weights {self.kind_weights}: one weight >= 0 per kind of {TUMOR_KINDS}")
         if not 0 <= self.extra_tumor_probability < 1:
             raise UserInputError(f"extra_tumor_probability {self.extra_tumor_probability} must lie in [0, 1)")
+        if not 0 <= self.exophytic_probability <= 1:
+            raise UserInputError(f"exophytic_probability {self.exophytic_probability} must lie in [0, 1]")
         if not 0 < self.shrink_factor < 1:
             raise UserInputError(f"shrink_factor {self.shrink_factor} must lie in (0, 1)")
 
@@ -138,6 +147,7 @@ class TumorRecord:
     contrast_hu: float
     kind: str
     mass_effect_mm: float
+    exophytic: bool = False  # centred on the liver's outline and bulging out of it
 
 
 @dataclass(frozen=True)
@@ -196,6 +206,7 @@ class _Target:
     liver_flat: np.ndarray  # flat indices of tumor-free liver voxels: the candidate centres
     vessel_threshold: float
     open_z: bool
+    outline_flat: np.ndarray | None = None  # flat indices of liver voxels on its in-plane outline (allow_border)
 
 
 def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool):
@@ -203,7 +214,8 @@ def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool)
     liver_flat = np.flatnonzero(label.reshape(-1) == LIVER)
     _check_liver_size(label, liver_flat, spacing_zyx, config, open_z)
     threshold = _vessel_threshold(ct, liver_flat, config.vessel_percentile)
-    target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z)
+    outline = _outline_flat(label) if config.allow_border and config.exophytic_probability > 0 else None
+    target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z, outline)
     records = []
     for _ in range(_draw_count(rng, config)):
         record = _place_one(target, rng, config)
@@ -221,15 +233,24 @@ def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumor
     """Draw one tumor and paint it; shrink it while no centre satisfies the placement rules."""
     appearance = _draw_appearance(rng, config)
     diameter = _draw_diameter(rng, config)
+    # Drawn only where bulging is possible, so that other configs keep their random streams.
+    exophytic = target.outline_flat is not None and target.outline_flat.size > 0 and (
+        rng.random() < config.exophytic_probability
+    )
     while diameter >= config.min_diameter_mm:
         shape = _tumor_shape(diameter, target.spacing_zyx, rng, config)
-        centre = _find_centre(shape, target, rng, config)
+        centre = _find_centre(shape, target, rng, config, exophytic)
+        if centre is None and exophytic:  # no soft tissue beside the outline for it: an ordinary tumor instead
+            exophytic = False
+            centre = _find_centre(shape, target, rng, config)
         if centre is not None:
-            # Small tumors barely displace anything: the push grows with size up to 30 mm.
-            push = round(appearance.mass_effect_mm * min(1.0, diameter / 30.0), 2)
+            # Small tumors barely displace anything: the push grows with size up to 30 mm; a bulge pushes nothing.
+            push = 0.0 if exophytic else round(appearance.mass_effect_mm * min(1.0, diameter / 30.0), 2)
             appearance = replace(appearance, mass_effect_mm=push)
-            _paint(target, shape, centre, appearance, rng, config)
-            return TumorRecord(centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, push)
+            _paint(target, shape, centre, appearance, rng, config, exophytic)
+            return TumorRecord(
+                centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, push, exophytic
+            )
         diameter *= config.shrink_factor
     return None
 
@@ -401,24 +422,44 @@ def _fits_volume(shape: _Shape, centre, volume_shape, open_z: bool) -> bool:
     return True
 
 
-def _find_centre(shape: _Shape, target: _Target, rng: np.random.Generator, config) -> tuple[int, ...] | None:
-    """Try random liver voxels as centre; return the first where every placement rule holds."""
+def _find_centre(
+    shape: _Shape, target: _Target, rng: np.random.Generator, config, exophytic: bool = False
+) -> tuple[int, ...] | None:
+    """Try random liver voxels (outline voxels for a bulging tumor) as centre; return the first where every
+    placement rule holds."""
     volume_shape = target.label.shape
+    candidates = target.outline_flat if exophytic else target.liver_flat
     for _ in range(config.max_tries):
-        flat = target.liver_flat[rng.integers(target.liver_flat.size)]
+        flat = candidates[rng.integers(candidates.size)]
         centre = tuple(int(c) for c in np.unravel_index(flat, volume_shape))
         if not _fits_volume(shape, centre, volume_shape, target.open_z):
             continue
         volume, local = _box_slices(centre, shape, volume_shape)
-        if _allowed(shape, local, target.ct[volume], target.label[volume], target, config):
+        if _allowed(shape, local, target.ct[volume], target.label[volume], target, config, exophytic):
             return centre
     return None
 
 
-def _allowed(shape: _Shape, local, ct_box, label_box, target: _Target, config) -> bool:
-    """Placement rules: inside the liver (with margin), clear of tumors and of vessels."""
+def _outline_flat(label: np.ndarray) -> np.ndarray:
+    """Flat indices of tumor-free liver voxels beside non-liver in their own slice (the outline, slab or not)."""
+    liver = label == LIVER
+    inner = ndimage.binary_erosion(liver | (label == TUMOR), np.ones((1, 3, 3), bool), border_value=1)
+    return np.flatnonzero((liver & ~inner).reshape(-1))
+
+
+def _allowed(shape: _Shape, local, ct_box, label_box, target: _Target, config, exophytic: bool = False) -> bool:
+    """Placement rules: inside the liver (with margin; a bulging tumor: partly, the rest on soft tissue), clear of
+    tumors and of vessels."""
     core, distance = shape.core[local], shape.distance_mm[local]
-    if np.any(label_box[core] != LIVER):
+    if exophytic:
+        outside = label_box[core] == 0
+        low, high = config.soft_tissue_hu
+        soft = (ct_box[core] >= low) & (ct_box[core] <= high)
+        if np.any(label_box[core] == TUMOR) or np.any(outside & ~soft):
+            return False
+        if not (outside.any() and 1 - outside.mean() >= config.exophytic_min_inside):
+            return False
+    elif np.any(label_box[core] != LIVER):
         return False
     if not config.allow_border and np.any(label_box[distance <= config.liver_margin_mm] == 0):
         return False
@@ -430,8 +471,10 @@ def _allowed(shape: _Shape, local, ct_box, label_box, target: _Target, config) -
     return not np.any((smooth[near] > target.vessel_threshold) & (label_box[near] == LIVER))
 
 
-def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng, config) -> None:
-    """Blend the tumor into the target's CT and label in place, inside its box and on liver voxels only."""
+def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng, config,
+           exophytic: bool = False) -> None:  # fmt: skip
+    """Blend the tumor into the target's CT and label in place, inside its box and on liver voxels only (a
+    bulging tumor also on the soft tissue it reaches outside the liver)."""
     ct, spacing_zyx = target.ct, target.spacing_zyx
     volume, local = _box_slices(centre, shape, ct.shape)
     label_box = target.label[volume]
@@ -448,11 +491,19 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
     )
     texture = config.texture_std_hu * _unit_std(_smooth_noise(core.shape, texture_cells, rng))
     contrast = _contrast_map(appearance, shape, local, spacing_zyx, rng, config)
-    tumor = pushed + alpha * (liver_median + contrast + texture - background)
+    kept_detail = pushed - background  # CT noise finer than the background smoothing, kept in the tumor
+    if exophytic:  # the liver's outline would ring through the bulge: keep the noise, not that edge
+        spread = 2.0 * float(np.std(kept_detail[liver])) + 1e-3
+        kept_detail = np.clip(kept_detail, -spread, spread)
+    tumor = pushed + alpha * (liver_median + contrast + texture + kept_detail - pushed)
     reached = alpha > 0
     if appearance.mass_effect_mm > 0:
         reached |= distance < config.mass_effect_extent_mm
-    changed = liver & reached
+    paintable = liver
+    if exophytic:
+        low, high = config.soft_tissue_hu
+        paintable = liver | ((label_box == 0) & (original >= low) & (original <= high))
+    changed = paintable & reached
     ct[volume] = np.where(changed, _to_dtype(tumor, ct.dtype), ct[volume])
     label_box[core] = TUMOR
 
