@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -222,7 +223,7 @@ def run_cli(argv: list[str], monkeypatch) -> int:
     return cli.main(argv)
 
 
-def test_preview_writes_png_and_rejects_unwritable_output(tmp_path, monkeypatch):
+def test_preview_writes_png_and_rejects_unwritable_output(tmp_path, monkeypatch, caplog):
     sitk = pytest.importorskip("SimpleITK")
     ct, label = make_phantom(shape=(24, 96, 96))
     for array, name in ((ct, "ct.nii.gz"), (label, "label.nii.gz")):
@@ -239,6 +240,10 @@ def test_preview_writes_png_and_rejects_unwritable_output(tmp_path, monkeypatch)
         == 0
     )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bulging = ["synth-preview", *inputs, "-o", str(png), "--bulging", "--count", "1", "--seed", "1"]
+    with caplog.at_level(logging.INFO, logger="liver_e2net"):
+        assert run_cli(bulging, monkeypatch) == 0
+    assert "bulging out of the liver" in caplog.text
     unwritable = tmp_path / "missing" / "preview.png"
     assert run_cli(["synth-preview", *inputs, "-o", str(unwritable)], monkeypatch) == 2
 

@@ -31,6 +31,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--kind", choices=TUMOR_KINDS, help="draw only this kind of tumor (default: the training mix)"
     )
+    parser.add_argument(
+        "--bulging",
+        action="store_true",
+        help="tumors at the liver's outline, bulging out of it where soft tissue lies beside it (training draws "
+        "them among its border tumors)",
+    )
     parser.add_argument("--slices", type=int, default=3, help="axial slices shown, one per row (default 3)")
     parser.set_defaults(func=run)
 
@@ -46,15 +52,18 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, count_range=(args.count, args.count))
     if args.kind:
         config = replace(config, kind_weights=tuple(float(kind == args.kind) for kind in TUMOR_KINDS))
+    if args.bulging:
+        config = replace(config, allow_border=True, exophytic_probability=1.0)
     new_ct, new_label, records = insert_tumors(
         ct, label.astype(np.uint8), spacing, np.random.default_rng(args.seed), config
     )
     for record in records:
         log.info(
-            "tumor at (z,y,x)=%s: %.1f mm, %s, %+.0f HU, mass effect %.1f mm",
+            "tumor at (z,y,x)=%s: %.1f mm, %s%s, %+.0f HU, mass effect %.1f mm",
             record.centre,
             record.diameter_mm,
             record.kind,
+            ", bulging out of the liver" if record.exophytic else "",
             record.contrast_hu,
             record.mass_effect_mm,
         )
