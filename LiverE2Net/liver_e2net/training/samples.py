@@ -251,8 +251,8 @@ class Stage1Volumes(_Samples):
 
 def with_large_tumors(hu: np.ndarray, label: np.ndarray, voxel_mm: float, rng: np.random.Generator,
                       config) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(HU, label) on a 3D stage 1's isotropic grid with synthetic tumors painted in (labelled 2, inside the
-    liver), or as given where the liver has no room for one."""
+    """(HU, label) on a 3D stage 1's isotropic grid with synthetic tumors painted in (labelled 2, in the liver or
+    bulging from it), or as given where the liver has no room for one."""
     try:
         hu, label, _ = insert_tumors(hu, label, (voxel_mm,) * 3, rng, config)
     except UserInputError:

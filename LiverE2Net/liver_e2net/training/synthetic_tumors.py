@@ -36,7 +36,7 @@ LIVER, TUMOR = 1, 2
 # Appearances seen on contrast CT (Hu et al. 2023; LI-RADS v2018 for HCC): hypo-attenuating metastases,
 # hyper-attenuating (arterial HCC, hypervascular metastases), rim-enhancing, iso-attenuating with only a thin
 # enhancing capsule to show them, a necrotic (much darker) centre inside a viable wall, and calcified
-# (mucinous colorectal) metastases with bright specks.
+# (mucinous colorectal) metastases with bright specks, and target lesions (a dark core in a faint periphery).
 TUMOR_KINDS = ("hypodense", "hyperdense", "rim", "isodense", "capsule", "necrotic", "calcified", "target")
 _VESSEL_SMOOTH_MM = 1.0  # smoothing before the vessel threshold, so that CT noise is not taken for vessels
 _BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces CT structure coarser than this and keeps the finer noise
