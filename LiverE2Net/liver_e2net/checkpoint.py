@@ -68,6 +68,11 @@ class Checkpoint:
         return " | ".join(parts)
 
 
+def without_held_out(metadata: dict[str, Any]) -> dict[str, Any]:
+    """`metadata` less its held-out figures: for a model whose output differs from the one they measured."""
+    return {key: value for key, value in metadata.items() if key != "held_out"}
+
+
 def describe_held_out(row: dict[str, Any]) -> str:
     """'held-out case01: liver Dice 0.951, tumor Dice 0.612, 2/2 lesions, 1 false' from an export-model row."""
     return (

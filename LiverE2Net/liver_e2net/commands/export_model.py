@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint, without_held_out
 
     first = load_checkpoint(args.stage1)
     second = load_checkpoint(args.stage2) if args.stage2 else first
@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
         metadata.pop("epochs", None)
     if args.name:
         metadata["name"] = args.name
+    if args.stage2 or args.liver_gate_mm is not None:
+        metadata = without_held_out(metadata)  # another model's figures would describe this one wrongly
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
     if held_out:
         metadata["held_out"] = held_out
-    elif args.stage2 or args.liver_gate_mm is not None:
-        metadata.pop("held_out", None)  # another model's figures: they would describe this one wrongly
     config = dataclasses.replace(
         second.config,
         stage1=first.config.stage1,
@@ -92,8 +92,8 @@ def run(args: argparse.Namespace) -> int:
 def beyond_stage1(config) -> dict:
     """A model config's settings but stage 1's own (network, pixel size, gate): what two exported stages share."""
     settings = config.to_dict()
-    del settings["stage1"], settings["preprocessing"]["stage1_pixel_mm"]
-    settings["preprocessing"].pop("liver_gate_mm")
+    prep = settings["preprocessing"]
+    del settings["stage1"], prep["stage1_pixel_mm"], prep["liver_gate_mm"]
     return settings
 
 

@@ -43,7 +43,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint, save_checkpoint, weights_fingerprint
+    from ..checkpoint import load_checkpoint, save_checkpoint, weights_fingerprint, without_held_out
     from ..fp_filter import FalsePositiveFilter, fit_filter
     from ..pipeline import Segmenter
     from ..training.fp_candidates import collect_candidates
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     )
     kept = fp_filter.keep(candidates.features)
     # A new filter changes the model's output: held-out figures measured without it no longer describe it.
-    metadata = {key: value for key, value in checkpoint.metadata.items() if key != "held_out"}
+    metadata = without_held_out(checkpoint.metadata)
     filtered = dataclasses.replace(checkpoint, fp_filter=fp_filter, metadata=metadata, path=None)
     path = save_checkpoint(filtered, args.output)
     print(counts)
