@@ -11,7 +11,9 @@ from liver_e2net.models import E2NetOutput
 from liver_e2net.training import TrainConfig, TrainingCase
 from liver_e2net.training.cache import prepare_cases
 from liver_e2net.training.losses import stage2_loss
+from liver_e2net.training.synthetic_tumors import SyntheticTumorConfig
 from liver_e2net.training.validation_tumors import with_synthetic_tumors
+from scipy import ndimage
 
 
 def _output_missing_the_tumor() -> tuple[E2NetOutput, torch.Tensor, torch.Tensor]:
@@ -67,6 +69,20 @@ def test_validation_cases_without_tumors_get_the_same_synthetic_tumors_every_tim
     assert np.array_equal(labels[0], labels[1]) and (labels[0] == 2).any()
     older = TrainConfig(synthetic_tumors=0.5, seed=7)  # a run from before the field: its seed draws the tumors
     assert older.validation_tumors()[0] == 7
+
+
+def test_new_runs_validate_on_tumors_of_every_size_and_kind_some_at_the_border(tmp_path):
+    cases = prepare_cases([_liver_only_case("a")], tmp_path)
+    earlier = TrainConfig(fixed_validation_tumors=True)  # a run of 2026-12-01 to -03, resumed: its tumors stay
+    new = TrainConfig(fixed_validation_tumors=True, validation_tumor_range=True)  # what train makes now
+    assert earlier.validation_tumors()[1] == SyntheticTumorConfig()
+    seed, config = new.validation_tumors()
+    assert seed == 0 and config.allow_border and config.count_range[0] >= 2
+    assert config.size_class_weights[-1] >= 0.3  # large tumors weigh as much as small ones
+    assert ndimage.label(with_synthetic_tumors(cases, seed, config)[0].label == 2)[1] >= 2
+    depth_mm = ndimage.distance_transform_edt(np.asarray(cases[0].label) >= 1, sampling=(2.0, 1.5, 1.5))
+    shallowest = [depth_mm[with_synthetic_tumors(cases, s, config)[0].label == 2].min() for s in range(4)]
+    assert min(shallowest) < config.liver_margin_mm  # some reach the capsule, as real ones do
 
 
 def test_size_weights_steer_the_synthetic_diameters():

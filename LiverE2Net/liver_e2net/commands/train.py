@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.acquisition_augmentation == "off":
         config = dataclasses.replace(config, augment=AugmentConfig())
     if not args.resume:
-        config = dataclasses.replace(config, fixed_validation_tumors=True)
+        config = dataclasses.replace(config, fixed_validation_tumors=True, validation_tumor_range=True)
     configure_threads(
         args.threads or max(1, available_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     )

@@ -14,6 +14,7 @@ from ..config import _from_dict
 from ..errors import UserInputError
 from .synthetic_tumors import SyntheticTumorConfig
 from .targets import EDGE_TARGETS
+from .validation_tumors import VALIDATION_TUMORS
 
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 
@@ -78,6 +79,10 @@ class TrainConfig:
     # --synthetic-size-weights, so runs on the same validation cases are scored alike and can be compared; False:
     # drawn with the run's seed and size weights, as runs made before this field existed did.
     fixed_validation_tumors: bool = False
+    # With fixed_validation_tumors: True (every new run) paints VALIDATION_TUMORS, 2-5 tumors of every size and kind,
+    # border and bulging ones too; False: the generator's defaults, on a short CT mostly one or two small tumors, which
+    # left best.pt blind to the large and capsule-touching tumors that make up real tumor burden.
+    validation_tumor_range: bool = False
     seed: int = 0
     stage1_crop_native: int = 448  # paper: 448 x 448 crops of 512 x 512 slices, converted to the stage-1 grid
     # A 3D stage 1's crops (z, y, x) in mm: the liver's whole height and an abdomen's width.
@@ -143,7 +148,7 @@ class TrainConfig:
     def validation_tumors(self) -> tuple[int, SyntheticTumorConfig]:
         """(seed, generator config) of the validation cases' synthetic tumors."""
         if self.fixed_validation_tumors:
-            return 0, SyntheticTumorConfig()
+            return 0, VALIDATION_TUMORS if self.validation_tumor_range else SyntheticTumorConfig()
         return self.seed, self.synthetic_tumor_config()
 
     def to_dict(self) -> dict[str, Any]:
