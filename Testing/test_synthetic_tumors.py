@@ -297,6 +297,26 @@ def test_target_lesion_has_a_dark_core_in_a_faint_periphery_labelled_to_its_edge
     assert (depth <= 2.0)[synthetic].sum() > 0.15 * synthetic.sum()  # the faint part is labelled tumor too
 
 
+def test_graded_margin_fades_to_a_faint_edge_that_is_labelled_tumor():
+    ct, label = make_phantom(vessels=False, real_tumor=False)
+    sharp = replace(_one_kind("hypodense"), hypodense_hu=(-50.0, -50.0), graded_margin_probability=0.0)
+    graded = replace(sharp, graded_margin_probability=1.0, margin_width_mm=(6.0, 6.0), margin_edge_fraction=(0.4, 0.4))
+    liver = np.median(ct[label == 1])
+    profiles = []
+    for config in (sharp, graded):
+        new_ct, new_label, records = insert_tumors(ct, label, SPACING, np.random.default_rng(4), config)
+        synthetic, depth = _inside_and_edge(label, new_label)
+        edge = new_ct[synthetic & (depth > 0.5) & (depth <= 2.0)].mean() - liver
+        centre = new_ct[depth > 7.0].mean() - liver
+        profiles.append((records[0].margin_mm, edge, centre))
+    (sharp_margin, sharp_edge, sharp_centre), (graded_margin, graded_edge, graded_centre) = profiles
+    assert sharp_margin == 0 and graded_margin == 6.0
+    assert abs(graded_centre - sharp_centre) < 6 and sharp_centre < -40, profiles  # the core keeps its contrast
+    assert graded_edge > sharp_edge + 12 and -35 < graded_edge < -10, profiles  # the outer part fades
+    with pytest.raises(UserInputError, match="margin_edge_fraction"):
+        replace(sharp, margin_edge_fraction=(0.6, 0.3))
+
+
 def test_calcified_tumor_has_bright_specks_inside_only():
     ct, label = make_phantom(vessels=False, real_tumor=False)
     config = replace(_one_kind("calcified"), calcification_hu=(300.0, 300.0))

@@ -38,6 +38,7 @@ LIVER, TUMOR = 1, 2
 # enhancing capsule to show them, a necrotic (much darker) centre inside a viable wall, and calcified
 # (mucinous colorectal) metastases with bright specks, and target lesions (a dark core in a faint periphery).
 TUMOR_KINDS = ("hypodense", "hyperdense", "rim", "isodense", "capsule", "necrotic", "calcified", "target")
+GRADED_KINDS = ("hypodense", "hyperdense", "necrotic")  # kinds that may have a fading margin: no edge of their own
 _VESSEL_SMOOTH_MM = 1.0  # smoothing before the vessel threshold, so that CT noise is not taken for vessels
 _BACKGROUND_SMOOTH_MM = 1.5  # the tumor replaces CT structure coarser than this and keeps the finer noise
 _PERCENTILE_SAMPLES = 200_000  # liver voxels used to estimate the vessel threshold
@@ -59,6 +60,11 @@ class SyntheticTumorConfig:
     the liver's outline and bulges out of it into the soft tissue beside the liver (fat, muscle: -150 to 150 HU),
     as subcapsular metastases and exophytic HCC do; the bulge is tumor too, so the network does not learn that a
     tumor stops at the liver's outline.
+    Ill-defined margins, fitted to case06's metastasis (about -40 HU from the liver in its core, -24 HU 2-4 mm
+    inside its labelled edge and -16 HU at it): a share (`graded_margin_probability`) of the hypo-, hyper- and
+    necrotic tumors fade from their contrast to `margin_edge_fraction` of it at the edge, over `margin_width_mm`
+    (at most 60 % of their depth), labelled tumor to the edge; a network that learnt sharp edges only draws the
+    dark core of such a tumor.
     """
 
     count_range: tuple[int, int] = (1, 10)
@@ -90,6 +96,9 @@ class SyntheticTumorConfig:
     exophytic_probability: float = 0.3  # with allow_border: share of tumors centred on the outline, bulging out
     exophytic_min_inside: float = 0.4  # at least this share of a bulging tumor lies in the liver
     soft_tissue_hu: tuple[float, float] = (-150.0, 150.0)  # what a bulging tumor may replace outside the liver
+    graded_margin_probability: float = 0.5  # share of the hypo-, hyper- and necrotic tumors with a fading margin
+    margin_width_mm: tuple[float, float] = (3.0, 8.0)  # depth over which their contrast reaches its core value
+    margin_edge_fraction: tuple[float, float] = (0.3, 0.6)  # share of the contrast left at the labelled edge
     vessel_percentile: float = 95.0
     vessel_margin_mm: float = 2.0
     max_tries: int = 40  # random centres tried per size before the tumor is shrunk
@@ -119,6 +128,14 @@ class SyntheticTumorConfig:
             raise UserInputError(f"extra_tumor_probability {self.extra_tumor_probability} must lie in [0, 1)")
         if not 0 <= self.exophytic_probability <= 1:
             raise UserInputError(f"exophytic_probability {self.exophytic_probability} must lie in [0, 1]")
+        if not 0 <= self.graded_margin_probability <= 1:
+            raise UserInputError(
+                f"graded_margin_probability {self.graded_margin_probability} must lie in [0, 1]"
+            )
+        if not 0 <= self.margin_edge_fraction[0] <= self.margin_edge_fraction[1] <= 1:
+            raise UserInputError(f"margin_edge_fraction {self.margin_edge_fraction}: a (low, high) range in [0, 1]")
+        if not 0 < self.margin_width_mm[0] <= self.margin_width_mm[1]:
+            raise UserInputError(f"margin_width_mm {self.margin_width_mm}: a positive (low, high) range")
         if not 0 < self.shrink_factor < 1:
             raise UserInputError(f"shrink_factor {self.shrink_factor} must lie in (0, 1)")
 
@@ -148,6 +165,7 @@ class TumorRecord:
     kind: str
     mass_effect_mm: float
     exophytic: bool = False  # centred on the liver's outline and bulging out of it
+    margin_mm: float = 0.0  # width drawn for the fading margin (0: a sharp edge)
 
 
 @dataclass(frozen=True)
@@ -156,6 +174,8 @@ class _Appearance:
     contrast_hu: float
     rim_hu: float
     mass_effect_mm: float
+    margin_mm: float = 0.0
+    edge_fraction: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -249,7 +269,8 @@ def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumor
             appearance = replace(appearance, mass_effect_mm=push)
             _paint(target, shape, centre, appearance, rng, config, exophytic)
             return TumorRecord(
-                centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, push, exophytic
+                centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, push, exophytic,
+                appearance.margin_mm,
             )
         diameter *= config.shrink_factor
     return None
@@ -331,7 +352,11 @@ def _draw_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> 
         if rng.random() < config.mass_effect_probability
         else 0.0
     )
-    return _Appearance(kind, round(float(contrast), 2), float(rim), float(push))
+    margin_mm, edge_fraction = 0.0, 1.0
+    if kind in GRADED_KINDS and config.graded_margin_probability > 0 and rng.random() < config.graded_margin_probability:
+        margin_mm, edge_fraction = rng.uniform(*config.margin_width_mm), rng.uniform(*config.margin_edge_fraction)
+    return _Appearance(kind, round(float(contrast), 2), float(rim), float(push), round(float(margin_mm), 2),
+                       float(edge_fraction))  # fmt: skip
 
 
 def _tumor_shape(diameter_mm: float, spacing_zyx: np.ndarray, rng: np.random.Generator, config) -> _Shape:
@@ -509,6 +534,17 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
 
 
 def _contrast_map(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rng, config):
+    """HU relative to the liver over the tumor box, times the fading margin's ramp where the tumor has one."""
+    if appearance.margin_mm <= 0:
+        return _core_contrast(appearance, shape, local, spacing_zyx, rng, config)
+    depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]
+    width = min(appearance.margin_mm, 0.6 * max(float(depth.max()), 1e-3))
+    step = np.clip(depth / width, 0.0, 1.0)
+    ramp = appearance.edge_fraction + (1 - appearance.edge_fraction) * step * step * (3 - 2 * step)  # smoothstep
+    return _core_contrast(appearance, shape, local, spacing_zyx, rng, config) * ramp
+
+
+def _core_contrast(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rng, config):
     """HU relative to the liver over the tumor box: flat for hypo/hyper, shaped by depth for the others."""
     kind, contrast = appearance.kind, appearance.contrast_hu
     if kind in ("hypodense", "hyperdense"):
