@@ -358,3 +358,22 @@ def test_border_tumors_may_bulge_out_of_the_liver_onto_soft_tissue_only():
     inside_only = replace(config, allow_border=False)  # no border, no bulge: the default of every tumor
     _, inside_label, inside_records = insert_tumors(ct, label, SPACING, np.random.default_rng(6), inside_only)
     assert not inside_records[0].exophytic and not (new_tumor(label, inside_label) & (label == 0)).any()
+
+
+def test_organ_bulges_are_centred_where_the_liver_meets_tissue_of_its_own_density():
+    ct, label = make_phantom(shape=(40, 192, 192), vessels=False, real_tumor=False)  # room for bulges all round
+    z, y, x = np.indices(label.shape)
+    edge = 96 + 40 / SPACING[0]  # the liver's right edge
+    organ = (label == 0) & (np.abs(y - 96) <= 12) & (x >= edge - 2) & (x < edge + 12)
+    ct[organ] = 90  # a duodenum-like block of the liver's density on one side; fat elsewhere
+    near_organ = ndimage.binary_dilation(organ, np.ones((1, 5, 5), bool))
+    bulging = replace(_one_kind("hypodense"), allow_border=True, exophytic_probability=1.0, count_range=(1, 1))
+    beside = []
+    for share in (1.0, 0.0):
+        config = replace(bulging, organ_bulge_share=share)
+        records = [insert_tumors(ct, label, SPACING, np.random.default_rng(s), config)[2][0] for s in range(6)]
+        assert all(r.exophytic for r in records)
+        beside.append(sum(bool(near_organ[r.centre]) for r in records))
+    assert beside[0] == 6 and beside[1] <= 2, beside  # the block borders a small share of the outline
+    with pytest.raises(UserInputError, match="organ_bulge_share"):
+        replace(bulging, organ_bulge_share=1.5)

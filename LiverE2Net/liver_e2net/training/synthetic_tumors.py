@@ -59,7 +59,9 @@ class SyntheticTumorConfig:
     Where tumors may touch the border (`allow_border`), a share of them (`exophytic_probability`) is centred on
     the liver's outline and bulges out of it into the soft tissue beside the liver (fat, muscle: -150 to 150 HU),
     as subcapsular metastases and exophytic HCC do; the bulge is tumor too, so the network does not learn that a
-    tumor stops at the liver's outline.
+    tumor stops at the liver's outline. A share of them (`organ_bulge_share`) is centred where the liver meets
+    tissue of its own density (duodenum, pancreas, stomach wall, cava: within `organ_hu_window` of the liver's
+    median), where case06's held-out hilar metastasis was read as bowel.
     Ill-defined margins, fitted to case06's metastasis (about -40 HU from the liver in its core, -24 HU 2-4 mm
     inside its labelled edge and -16 HU at it): a share (`graded_margin_probability`) of the hypo-, hyper- and
     necrotic tumors fade from their contrast to `margin_edge_fraction` of it at the edge, over `margin_width_mm`
@@ -96,6 +98,8 @@ class SyntheticTumorConfig:
     exophytic_probability: float = 0.3  # with allow_border: share of tumors centred on the outline, bulging out
     exophytic_min_inside: float = 0.4  # at least this share of a bulging tumor lies in the liver
     soft_tissue_hu: tuple[float, float] = (-150.0, 150.0)  # what a bulging tumor may replace outside the liver
+    organ_bulge_share: float = 0.5  # of the bulging tumors: those centred beside tissue of the liver's density
+    organ_hu_window: float = 40.0  # "the liver's density": within this of the liver's median HU
     graded_margin_probability: float = 0.5  # share of the hypo-, hyper- and necrotic tumors with a fading margin
     margin_width_mm: tuple[float, float] = (3.0, 8.0)  # depth over which their contrast reaches its core value
     margin_edge_fraction: tuple[float, float] = (0.3, 0.6)  # share of the contrast left at the labelled edge
@@ -128,6 +132,8 @@ class SyntheticTumorConfig:
             raise UserInputError(f"extra_tumor_probability {self.extra_tumor_probability} must lie in [0, 1)")
         if not 0 <= self.exophytic_probability <= 1:
             raise UserInputError(f"exophytic_probability {self.exophytic_probability} must lie in [0, 1]")
+        if not 0 <= self.organ_bulge_share <= 1:
+            raise UserInputError(f"organ_bulge_share {self.organ_bulge_share} must lie in [0, 1]")
         if not 0 <= self.graded_margin_probability <= 1:
             raise UserInputError(
                 f"graded_margin_probability {self.graded_margin_probability} must lie in [0, 1]"
@@ -227,6 +233,7 @@ class _Target:
     vessel_threshold: float
     open_z: bool
     outline_flat: np.ndarray | None = None  # flat indices of liver voxels on its in-plane outline (allow_border)
+    organ_outline_flat: np.ndarray | None = None  # those of them beside non-liver tissue of the liver's density
 
 
 def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool):
@@ -234,8 +241,12 @@ def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool)
     liver_flat = np.flatnonzero(label.reshape(-1) == LIVER)
     _check_liver_size(label, liver_flat, spacing_zyx, config, open_z)
     threshold = _vessel_threshold(ct, liver_flat, config.vessel_percentile)
-    outline = _outline_flat(label) if config.allow_border and config.exophytic_probability > 0 else None
-    target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z, outline)
+    outline = organ_outline = None
+    if config.allow_border and config.exophytic_probability > 0:
+        outline = _outline_flat(label)
+        if config.organ_bulge_share > 0:
+            organ_outline = _organ_outline_flat(ct, label, outline, liver_flat, config.organ_hu_window)
+    target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z, outline, organ_outline)
     records = []
     for _ in range(_draw_count(rng, config)):
         record = _place_one(target, rng, config)
@@ -257,9 +268,12 @@ def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumor
     exophytic = target.outline_flat is not None and target.outline_flat.size > 0 and (
         rng.random() < config.exophytic_probability
     )
+    beside_organ = exophytic and target.organ_outline_flat is not None and target.organ_outline_flat.size > 0 and (
+        rng.random() < config.organ_bulge_share
+    )
     while diameter >= config.min_diameter_mm:
         shape = _tumor_shape(diameter, target.spacing_zyx, rng, config)
-        centre = _find_centre(shape, target, rng, config, exophytic)
+        centre = _find_centre(shape, target, rng, config, exophytic, beside_organ)
         if centre is None and exophytic:  # no soft tissue beside the outline for it: an ordinary tumor instead
             exophytic = False
             centre = _find_centre(shape, target, rng, config)
@@ -448,12 +462,15 @@ def _fits_volume(shape: _Shape, centre, volume_shape, open_z: bool) -> bool:
 
 
 def _find_centre(
-    shape: _Shape, target: _Target, rng: np.random.Generator, config, exophytic: bool = False
+    shape: _Shape, target: _Target, rng: np.random.Generator, config, exophytic: bool = False,
+    beside_organ: bool = False,
 ) -> tuple[int, ...] | None:
-    """Try random liver voxels (outline voxels for a bulging tumor) as centre; return the first where every
-    placement rule holds."""
+    """Try random liver voxels (outline voxels for a bulging tumor, those beside tissue of the liver's density if
+    `beside_organ`) as centre; return the first where every placement rule holds."""
     volume_shape = target.label.shape
-    candidates = target.outline_flat if exophytic else target.liver_flat
+    candidates = target.liver_flat
+    if exophytic:
+        candidates = target.organ_outline_flat if beside_organ else target.outline_flat
     for _ in range(config.max_tries):
         flat = candidates[rng.integers(candidates.size)]
         centre = tuple(int(c) for c in np.unravel_index(flat, volume_shape))
@@ -470,6 +487,16 @@ def _outline_flat(label: np.ndarray) -> np.ndarray:
     liver = label == LIVER
     inner = ndimage.binary_erosion(liver | (label == TUMOR), np.ones((1, 3, 3), bool), border_value=1)
     return np.flatnonzero((liver & ~inner).reshape(-1))
+
+
+def _organ_outline_flat(ct, label, outline_flat, liver_flat, window_hu: float) -> np.ndarray:
+    """Those of `outline_flat` within two in-plane voxels of non-liver tissue whose HU lies within `window_hu` of
+    the liver's median (bowel wall, pancreas, vessels: the neighbours a tumor is hardest to tell from)."""
+    sample = liver_flat[:: max(1, liver_flat.size // _PERCENTILE_SAMPLES)]
+    median = float(np.median(ct.reshape(-1)[sample]))
+    organ = (label == 0) & (np.abs(ct.astype(np.float32) - median) <= window_hu)
+    near = ndimage.binary_dilation(organ, np.ones((1, 5, 5), bool))
+    return outline_flat[near.reshape(-1)[outline_flat]]
 
 
 def _allowed(shape: _Shape, local, ct_box, label_box, target: _Target, config, exophytic: bool = False) -> bool:
