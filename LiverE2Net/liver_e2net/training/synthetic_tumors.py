@@ -562,21 +562,22 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
 
 def _contrast_map(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rng, config):
     """HU relative to the liver over the tumor box, times the fading margin's ramp where the tumor has one."""
+    flat = appearance.kind in ("hypodense", "hyperdense")
+    if flat and appearance.margin_mm <= 0:
+        return appearance.contrast_hu
+    depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]  # once, for both shapings
+    contrast = appearance.contrast_hu if flat else _shaped_contrast(appearance, depth, spacing_zyx, rng, config)
     if appearance.margin_mm <= 0:
-        return _core_contrast(appearance, shape, local, spacing_zyx, rng, config)
-    depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]
+        return contrast
     width = min(appearance.margin_mm, 0.6 * max(float(depth.max()), 1e-3))
     step = np.clip(depth / width, 0.0, 1.0)
     ramp = appearance.edge_fraction + (1 - appearance.edge_fraction) * step * step * (3 - 2 * step)  # smoothstep
-    return _core_contrast(appearance, shape, local, spacing_zyx, rng, config) * ramp
+    return contrast * ramp
 
 
-def _core_contrast(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rng, config):
-    """HU relative to the liver over the tumor box: flat for hypo/hyper, shaped by depth for the others."""
+def _shaped_contrast(appearance: _Appearance, depth: np.ndarray, spacing_zyx, rng, config):
+    """HU relative to the liver, shaped by `depth` (mm inside the tumor) for the kinds with an inner structure."""
     kind, contrast = appearance.kind, appearance.contrast_hu
-    if kind in ("hypodense", "hyperdense"):
-        return contrast
-    depth = ndimage.distance_transform_edt(shape.core, sampling=spacing_zyx)[local]
     if kind in ("rim", "capsule", "isodense"):
         width = config.rim_width_mm if kind == "rim" else config.capsule_width_mm
         return contrast + (appearance.rim_hu - contrast) * np.exp(-((depth / width) ** 2))
