@@ -10,7 +10,8 @@ from core_helpers import biased_checkpoint, shared_case
 from liver_e2net.checkpoint import save_checkpoint
 from liver_e2net.cli import main
 from liver_e2net.pipeline import Segmenter
-from liver_e2net.robustness import synthetic_tumor_trial
+from liver_e2net.robustness import synthetic_tumor_trial, trial_tumor_config
+from liver_e2net.training.synthetic_tumors import insert_tumors
 
 
 def _case02():
@@ -73,3 +74,14 @@ def test_a_label_without_liver_is_refused(tmp_path, capsys) -> None:
         == 2
     )
     assert "no liver" in capsys.readouterr().err
+
+
+def test_trial_tumors_keep_sharp_margins_whatever_the_generator_now_draws_by_default() -> None:
+    """Figures of models measured months apart compare only if the trial's tumors stay the same kind."""
+    ct, label = _case02()
+    array, liver = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(label)
+    margins = [
+        insert_tumors(array, liver, ct.GetSpacing(), np.random.default_rng(seed), trial_tumor_config(12.0))[2][0].margin_mm
+        for seed in range(8)
+    ]
+    assert margins == [0.0] * 8
