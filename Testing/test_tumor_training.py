@@ -92,10 +92,27 @@ def test_size_weights_steer_the_synthetic_diameters():
         TrainConfig(synthetic_size_weights=(0, 0, 0, 0))
 
 
+def test_kind_weights_steer_which_kinds_training_paints():
+    """--synthetic-kind-weights: a run can ask for the kinds its network misses (hyperdense ones, here)."""
+    from liver_e2net.training.synthetic_tumors import insert_tumors
+
+    case = _liver_only_case("a")
+    config = TrainConfig(synthetic_kind_weights=(0, 1, 0, 0, 0, 0, 0, 0)).synthetic_tumor_config()
+    kinds = set()
+    for seed in range(4):
+        _, _, records = insert_tumors(case.ct, case.label, case.spacing, np.random.default_rng(seed), config)
+        kinds |= {record.kind for record in records}
+    assert kinds == {"hyperdense"}
+    assert TrainConfig().synthetic_tumor_config().kind_weights == SyntheticTumorConfig().kind_weights
+    with pytest.raises(UserInputError, match="kind_weights"):
+        TrainConfig(synthetic_kind_weights=(0,) * 8)
+
+
 @pytest.mark.parametrize(
     "option, message",
     [
         (["--tumor-pos-weight", "0"], "--tumor-pos-weight 0.0: must be > 0"),
+        (["--synthetic-kind-weights", "1,2,3"], "give 8 weights, one per kind (hypodense, hyperdense"),
         (["--synthetic-size-weights", "1,2"], "give 4 weights"),
         (["--synthetic-size-weights", "a,b,c,d"], "comma-separated numbers"),
     ],

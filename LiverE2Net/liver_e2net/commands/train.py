@@ -12,6 +12,7 @@ from pathlib import Path
 from ..config import CONFIGS, CONTEXT_SLICES, STAGE1_NETS, STAGE1_VOXEL_MM
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
+from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig
 from . import add_data_arguments
 
 # Options that become TrainConfig fields (None = not given, so a resumed run can tell what was asked for).
@@ -25,6 +26,7 @@ CONFIG_OPTIONS = (
     "val_fraction",
     "synthetic_tumors",
     "synthetic_size_weights",
+    "synthetic_kind_weights",
     "synthetic_border_probability",
     "tumor_pos_weight",
     "stages",
@@ -101,7 +103,14 @@ def register(subparsers) -> None:
         "--synthetic-size-weights",
         type=_weights,
         metavar="W,W,W,W",
-        help="relative frequency of synthetic tumors of 3-5, 5-10, 10-25 and 25-60 mm (default 0.2,0.35,0.3,0.15)",
+        help="relative frequency of synthetic tumors of 3-5, 5-10, 10-25 and 25-80 mm (default 0.2,0.35,0.3,0.15)",
+    )
+    optimisation.add_argument(
+        "--synthetic-kind-weights",
+        type=_kind_weights,
+        metavar="W,...",
+        help=f"relative frequency of the synthetic tumor kinds {', '.join(TUMOR_KINDS)} (default "
+        f"{','.join(f'{w:g}' for w in SyntheticTumorConfig.kind_weights)})",
     )
     optimisation.add_argument(
         "--synthetic-border-probability",
@@ -238,15 +247,19 @@ def _stages(text: str) -> tuple[int, ...]:
     return stages
 
 
-def _weights(text: str) -> tuple[float, ...]:
+def _numbers(text: str, count: int, each: str) -> tuple[float, ...]:
     try:
         weights = tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give comma-separated numbers, e.g. 0.05,0.15,0.4,0.4"
-        ) from None
-    if len(weights) != 4:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give 4 weights, one per size class (3-5, 5-10, 10-25, 25-60 mm)"
-        )
+        raise argparse.ArgumentTypeError(f"{text!r}: give {count} comma-separated numbers, one per {each}") from None
+    if len(weights) != count:
+        raise argparse.ArgumentTypeError(f"{text!r}: give {count} weights, one per {each}")
     return weights
+
+
+def _weights(text: str) -> tuple[float, ...]:
+    return _numbers(text, 4, "size class (3-5, 5-10, 10-25, 25-80 mm)")
+
+
+def _kind_weights(text: str) -> tuple[float, ...]:
+    return _numbers(text, len(TUMOR_KINDS), f"kind ({', '.join(TUMOR_KINDS)})")
