@@ -83,3 +83,22 @@ def test_held_out_figures_replace_validation_dice_in_the_description(tmp_path, c
     assert main(refused) == 2
     assert "bad.json: not an evaluation.json" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists()
+
+
+def test_export_sets_the_z_margin_in_mm_and_drops_figures_measured_without_it(tmp_path, capsys) -> None:
+    import json
+
+    scores = {"case": "case01", "liver_dice": 0.95, "tumor_dice": 0.6, "ref_lesions": 2, "chlebus_tp": 2, "chlebus_fp_per_case": 0.0}
+    (tmp_path / "evaluation.json").write_text(json.dumps({"cases": [{"scores": scores}]}))
+    run = save_checkpoint(random_checkpoint(lite_config()), tmp_path / "run.pt")
+    measured = tmp_path / "measured.pt"
+    assert main(["export-model", "--stage1", str(run), "-o", str(measured), "--held-out", str(tmp_path / "evaluation.json")]) == 0
+    assert load_checkpoint(measured).config.preprocessing.box_margin_z_mm == 0.0  # as trained
+    wider = tmp_path / "wider.pt"
+    assert main(["export-model", "--stage1", str(measured), "-o", str(wider), "--box-margin-z-mm", "20"]) == 0
+    exported = load_checkpoint(wider)
+    assert exported.config.preprocessing.box_margin_z_mm == 20.0
+    assert "no held-out real-CT accuracy" in exported.describe()  # measured with the old box
+    assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "n.pt"), "--box-margin-z-mm", "-5"]) == 2
+    assert "--box-margin-z-mm -5.0: use a distance >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists()

@@ -109,6 +109,18 @@ def test_the_coarse_box_maps_to_native_voxels_with_the_margins():
     assert liver_box(whole, volume, TINY.preprocessing) == Box(0, 40, 0, 100, 0, 120)
 
 
+def test_the_box_reaches_the_same_distance_above_and_below_the_liver_on_thin_and_thick_slices():
+    """A z margin in mm: 20 mm is 8 slices of 2.5 mm but 4 of 5 mm, and never fewer than box_margin_slices."""
+    prep = dataclasses.replace(TINY.preprocessing, box_margin_z_mm=20.0)
+    coarse = np.zeros((10, 50, 30), bool)
+    coarse[4:6, 10:20, 5:10] = True
+    for slice_mm, slices in ((2.5, 8), (5.0, 4), (20.0, 2), (0.8, 25)):
+        volume = Volume(np.zeros((80, 100, 120), np.int16), (1.0, 2.0, slice_mm), (0.0,) * 3, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+        box = liver_box(coarse, volume, prep)  # the coarse liver: slices 32-48 of 80
+        assert (box.z0, box.z1) == (32 - slices, 48 + slices), slice_mm
+    assert TINY.preprocessing.z_margin(0.8) == TINY.preprocessing.box_margin_slices == 2  # default: slices only
+
+
 def test_a_3d_stage1_trains_is_exported_beside_a_2d_stage2_and_served(tmp_path, capsys):
     cases = [phantom("a", **DEEP), phantom("b", 1, **DEEP)]
     result = Trainer(cases, tmp_path / "run", QUICK_3D, model_config=TINY_3D, device="cpu",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -55,10 +56,17 @@ class PreprocessingConfig:
     stage2_size: int = 256  # liver crops are resized to stage2_size x stage2_size
     box_margin_mm: float = 15.0  # margin added around the stage-1 liver box (in-plane)
     box_margin_slices: int = 2  # extra slices above and below the stage-1 liver
+    # ... and at least this many mm (0: slices only). A 2D stage 1 ends its liver short: on case06, held out, 2.7 %
+    # of the liver lay beyond 2 slices of 1.5 mm, 0.5 % beyond 20 mm (liver Dice 0.915 -> 0.919).
+    box_margin_z_mm: float = 0.0
     # A 3D stage 1 only: stage 2's liver and tumors are kept within this distance of its coarse liver (None: off).
     liver_gate_mm: float | None = None
     # 2.5D input (H-DenseUNet's 2D part, the LiTS-2017 winner): slices z-k..z+k as channels, k = n // 2.
     context_slices: int = 1
+
+    def z_margin(self, slice_mm: float) -> int:
+        """Slices added above and below the stage-1 liver on a CT of `slice_mm` slices."""
+        return max(self.box_margin_slices, math.ceil(self.box_margin_z_mm / slice_mm - 1e-6))
 
 
 @dataclass(frozen=True)

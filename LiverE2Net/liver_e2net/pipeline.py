@@ -22,7 +22,13 @@ from .fp_filter import apply_filter, choose_filter
 from .io import Volume
 from .models import channels_last, segmentation_logits, to_channels_last
 from .models.fusion import fuse_batchnorm
-from .postprocessing import compose_label, demote_bright_tumors, largest_component, tumor_mask
+from .postprocessing import (
+    LIVER_THRESHOLD,
+    compose_label,
+    demote_bright_tumors,
+    largest_component,
+    tumor_mask,
+)
 from .preprocessing import (
     Box,
     bounding_box,
@@ -168,7 +174,7 @@ class Segmenter:
             tumor = tumor_mask(box_probabilities[1]) if tumors else None
             label = np.zeros(volume.array.shape, np.uint8)
             label[box.slices] = demote_bright_tumors(
-                compose_label(box_probabilities[0] > 0.5, tumor, volume.voxel_ml, min_lesion_ml),
+                compose_label(box_probabilities[0] > LIVER_THRESHOLD, tumor, volume.voxel_ml, min_lesion_ml),
                 volume.array[box.slices],
             )
             if rejected is not None:  # the box holds the whole liver, so its features equal the full volume's
@@ -258,11 +264,11 @@ class Segmenter:
 
 def liver_box(coarse: np.ndarray, volume: Volume, prep: PreprocessingConfig) -> Box:
     """The native-voxel box of a (non-empty) coarse liver on a grid that divides `volume`'s evenly (stage 1's),
-    with box_margin_mm in-plane and box_margin_slices in z."""
+    with box_margin_mm in-plane and the z margin of `prep` (box_margin_slices, at least box_margin_z_mm)."""
     coarse_box = bounding_box(coarse, (0, 0), 0)
     shape = volume.array.shape
     scale = [n / c for n, c in zip(shape, coarse.shape)]
-    margin = (prep.box_margin_slices, *(int(round(prep.box_margin_mm / s)) for s in volume.spacing[1::-1]))
+    margin = (prep.z_margin(volume.spacing[2]), *(int(round(prep.box_margin_mm / s)) for s in volume.spacing[1::-1]))
     low = (coarse_box.z0, coarse_box.y0, coarse_box.x0)
     high = (coarse_box.z1, coarse_box.y1, coarse_box.x1)
     z0, y0, x0 = (max(0, int(b * s) - m) for b, s, m in zip(low, scale, margin))

@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         "default: as trained)",
     )
     parser.add_argument(
+        "--box-margin-z-mm",
+        type=float,
+        metavar="MM",
+        help="let stage 2 look at least MM above and below stage 1's liver (0: only the config's slices; "
+        "default: as trained)",
+    )
+    parser.add_argument(
         "--full-precision", action="store_true", help="keep fp32 weights (default: fp16, half size)"
     )
     parser.set_defaults(func=run)
@@ -66,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
         metadata.pop("epochs", None)
     if args.name:
         metadata["name"] = args.name
-    if args.stage2 or args.liver_gate_mm is not None:
+    if args.box_margin_z_mm is not None and args.box_margin_z_mm < 0:
+        raise UserInputError(f"--box-margin-z-mm {args.box_margin_z_mm}: use a distance >= 0 (0: slices only)")
+    if args.stage2 or args.liver_gate_mm is not None or args.box_margin_z_mm is not None:
         metadata = without_held_out(metadata)  # another model's figures would describe this one wrongly
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
     if held_out:
@@ -78,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
             second.config.preprocessing,
             stage1_pixel_mm=first.config.preprocessing.stage1_pixel_mm,
             liver_gate_mm=liver_gate(first.config, args.liver_gate_mm, args.stage1),
+            box_margin_z_mm=(
+                second.config.preprocessing.box_margin_z_mm if args.box_margin_z_mm is None else args.box_margin_z_mm
+            ),
         ),
     )
     # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.

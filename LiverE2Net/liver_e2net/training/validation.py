@@ -1,7 +1,7 @@
 """Validation on held-out cases, prepared as inference prepares them (no crops, no augmentation).
 
 Stage 1 sees every slice of each case on its stage-1 grid (a 3D stage 1: each whole case); stage 2 sees the ground-truth liver box with the
-inference margins (box_margin_mm in-plane, box_margin_slices in z) resized to stage2_size. Loss and Dice are
+inference margins (box_margin_mm in-plane, PreprocessingConfig.z_margin in z) resized to stage2_size. Loss and Dice are
 summed over slices (Dice from summed tp/fp/fn, a global Dice), and summed across processes under DDP.
 """
 
@@ -91,9 +91,10 @@ def stage2_batches(
         margin_y, margin_x = (int(round(prep.box_margin_mm / s)) for s in (case.spacing[1], case.spacing[0]))
         rows = slice(max(0, box.y0 - margin_y), min(height, box.y1 + margin_y))
         columns = slice(max(0, box.x0 - margin_x), min(width, box.x1 + margin_x))
+        z_margin = prep.z_margin(case.spacing[2])
         z_range = range(
-            max(0, box.z0 - prep.box_margin_slices) + rank,
-            min(depth, box.z1 + prep.box_margin_slices),
+            max(0, box.z0 - z_margin) + rank,
+            min(depth, box.z1 + z_margin),
             world_size,
         )
         for chunk in _chunks(z_range, batch_size):
