@@ -104,8 +104,9 @@ def test_kind_weights_steer_which_kinds_training_paints():
         kinds |= {record.kind for record in records}
     assert kinds == {"hyperdense"}
     assert TrainConfig().synthetic_tumor_config().kind_weights == SyntheticTumorConfig().kind_weights
-    with pytest.raises(UserInputError, match="kind_weights"):
-        TrainConfig(synthetic_kind_weights=(0,) * 8)
+    for weights in ((0,) * 8, (-1, 2, 0, 0, 0, 0, 0, 0)):
+        with pytest.raises(UserInputError, match="one weight >= 0 per kind of hypodense, .* positive sum"):
+            TrainConfig(synthetic_kind_weights=weights)
 
 
 @pytest.mark.parametrize(

@@ -126,8 +126,12 @@ class SyntheticTumorConfig:
             raise UserInputError(
                 f"warp_strength {self.warp_strength} must lie in [0, 0.25) to keep tumors whole"
             )
-        if len(self.kind_weights) != len(TUMOR_KINDS) or sum(self.kind_weights) <= 0:
-            raise UserInputError(f"kind_weights {self.kind_weights}: one weight >= 0 per kind of {TUMOR_KINDS}")
+        weights = self.kind_weights
+        if len(weights) != len(TUMOR_KINDS) or min(weights) < 0 or sum(weights) <= 0:
+            raise UserInputError(
+                f"kind_weights {weights}: give one weight >= 0 per kind of {', '.join(TUMOR_KINDS)}, with a "
+                "positive sum (train --synthetic-kind-weights)"
+            )
         if not 0 <= self.extra_tumor_probability < 1:
             raise UserInputError(f"extra_tumor_probability {self.extra_tumor_probability} must lie in [0, 1)")
         if not 0 <= self.exophytic_probability <= 1:
