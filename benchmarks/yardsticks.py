@@ -25,6 +25,7 @@ import numpy as np
 import SimpleITK as sitk
 from liver_e2net.metrics import chlebus_detection
 from liver_e2net.pipeline import Segmenter
+from liver_e2net.robustness import trial_tumor_config
 from liver_e2net.training.augment import simulate_phase
 from liver_e2net.training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig, insert_tumors
 
@@ -42,11 +43,7 @@ SETS = {
 
 
 def one_tumor(kind: str, diameter_mm: float) -> SyntheticTumorConfig:
-    weights = tuple(float(k == kind) for k in TUMOR_KINDS)
-    return SyntheticTumorConfig(
-        count_range=(1, 1), size_classes_mm=((diameter_mm, diameter_mm),), size_class_weights=(1.0,),
-        kind_weights=weights, **FROZEN,
-    )
+    return trial_tumor_config(diameter_mm, tuple(float(k == kind) for k in TUMOR_KINDS))
 
 
 def copies(name: str, data: Path = DATA) -> Iterator[tuple[sitk.Image, np.ndarray, str, list]]:

@@ -38,7 +38,7 @@ class RobustnessRow:
 ROBUSTNESS_KINDS = (0.8, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0)
 
 
-def trial_tumor_config(diameter_mm: float) -> SyntheticTumorConfig:
+def trial_tumor_config(diameter_mm: float, kind_weights: tuple[float, ...] = ROBUSTNESS_KINDS) -> SyntheticTumorConfig:
     """One tumor of `diameter_mm` as this test has always drawn it: its kinds and sharp margins. The generator's
     later defaults stay out (fading margins, 2026-12-03, changed the 10 and 15 mm Dice of one model from 0.55 and
     0.85 to 0.46 and 0.73), so that figures of different models and sessions stay comparable."""
@@ -46,7 +46,7 @@ def trial_tumor_config(diameter_mm: float) -> SyntheticTumorConfig:
         count_range=(1, 1),
         size_classes_mm=((diameter_mm, diameter_mm),),
         size_class_weights=(1.0,),
-        kind_weights=ROBUSTNESS_KINDS,
+        kind_weights=kind_weights,
         graded_margin_probability=0.0,
     )
 
