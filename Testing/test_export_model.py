@@ -102,3 +102,21 @@ def test_export_sets_the_z_margin_in_mm_and_drops_figures_measured_without_it(tm
     assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "n.pt"), "--box-margin-z-mm", "-5"]) == 2
     assert "--box-margin-z-mm -5.0: use a distance >= 0" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists()
+
+
+def test_export_sets_the_models_tta_scales_and_refuses_bad_ones(tmp_path, capsys) -> None:
+    run = save_checkpoint(random_checkpoint(lite_config()), tmp_path / "run.pt")
+    assert load_checkpoint(run).config.preprocessing.tta_scales == (0.875, 1.0)  # the default fusion
+    single = tmp_path / "single.pt"
+    assert main(["export-model", "--stage1", str(run), "-o", str(single), "--tta-scales", "1"]) == 0
+    assert load_checkpoint(single).config.preprocessing.tta_scales == (1.0,)
+    assert "Best = Fast" in capsys.readouterr().out
+    # A stage 2 exported with other inference settings still combines with its stage 1, taking stage 2's.
+    wider = tmp_path / "wider.pt"
+    assert main(["export-model", "--stage1", str(single), "-o", str(wider), "--box-margin-z-mm", "20"]) == 0
+    assert main(["export-model", "--stage1", str(run), "--stage2", str(wider), "-o", str(tmp_path / "c.pt")]) == 0
+    combined = load_checkpoint(tmp_path / "c.pt").config.preprocessing
+    assert (combined.tta_scales, combined.box_margin_z_mm) == ((1.0,), 20.0)
+    assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "bad.pt"), "--tta-scales", "0"]) == 2
+    assert "--tta-scales 0.0: each scale must be within" in capsys.readouterr().err
+    assert not (tmp_path / "bad.pt").exists()

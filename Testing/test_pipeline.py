@@ -142,6 +142,26 @@ def test_test_time_fusion_stays_a_probability_and_changes_the_answer(sample_ct: 
     assert not np.allclose(fused, plain)
 
 
+def test_a_model_carrying_one_tta_scale_makes_best_equal_fast_and_says_so(sample_ct: sitk.Image) -> None:
+    """Best runs the model's own scales: one that carries (1,) answers as Fast, with a warning; given scales win."""
+    import dataclasses
+
+    checkpoint = biased_checkpoint(liver_bias=0.5, tumor_bias=0.3)
+    prep = dataclasses.replace(checkpoint.config.preprocessing, tta_scales=(1.0,))
+    checkpoint.config = dataclasses.replace(checkpoint.config, preprocessing=prep)
+    fast = Segmenter(checkpoint, device="cpu").segment(sample_ct, probabilities=True)
+    best_segmenter = Segmenter(checkpoint, device="cpu", tta=TestTimeAugmentation.from_mode("multiscale"))
+    best = best_segmenter.segment(sample_ct, probabilities=True)
+    assert best_segmenter.tta.scales == (1.0,)
+    assert np.array_equal(best.probabilities, fast.probabilities) and np.array_equal(best.label, fast.label)
+    assert any("Best equals Fast" in w for w in best.warnings) and not fast.warnings
+    forced = Segmenter(checkpoint, device="cpu", tta=TestTimeAugmentation.from_mode("multiscale", (0.875, 1.0)))
+    assert forced.tta.scales == (0.875, 1.0) and not forced.tta_warnings
+    assert "Best = Fast" in checkpoint.describe()
+    default = biased_checkpoint()
+    assert Segmenter(default, device="cpu", tta=TestTimeAugmentation.from_mode("multiscale")).tta.scales == (0.875, 1.0)
+
+
 def test_tta_scales_below_the_network_stride_are_refused() -> None:
     with pytest.raises(UserInputError, match="smaller than the network stride"):
         Segmenter(
@@ -177,3 +197,18 @@ def test_flip_tta_warns_for_a_model_trained_without_flips() -> None:
     assert "not trained with left-right flips" in flip_warning(checkpoint)
     checkpoint.metadata["train_config"] = {"augment": {"flip_lr": True}}
     assert flip_warning(checkpoint) is None
+
+
+@pytest.mark.parametrize("connectivity, density", [(6, 0.3), (26, 0.08)])
+def test_component_labels_are_scipys_in_raster_order(connectivity: int, density: float) -> None:
+    """cc3d replaced scipy.ndimage.label for speed: the same labels and numbering, within any bounding box."""
+    from liver_e2net.postprocessing import label_components
+    from scipy import ndimage
+
+    mask = np.zeros((30, 40, 50), bool)
+    mask[3:27, 5:35, 6:44] = np.random.default_rng(connectivity).random((24, 30, 38)) < density
+    structure = ndimage.generate_binary_structure(3, 1 if connectivity == 6 else 3)
+    expected, count = ndimage.label(mask, structure=structure)
+    labels, n = label_components(mask, connectivity)
+    assert n == count > 100 and labels.dtype == np.int32 and np.array_equal(labels, expected)
+    assert label_components(np.zeros((4, 4, 4), bool))[1] == 0

@@ -27,7 +27,7 @@ from liver_e2net import protocol
 
 TORCH = "torch"
 PROTECTED = ("numpy", "SimpleITK", "torch", "vtk")  # Slicer's own builds: pinned as installed, never replaced
-IMPORT_NAMES = {"scikit-image": "skimage"}  # distribution -> import name, where they differ
+IMPORT_NAMES = {"scikit-image": "skimage", "connected-components-3d": "cc3d"}  # distribution -> import name, where they differ
 NOTHING, INSTALLED, DECLINED, CANCELLED, FAILED = "nothing", "installed", "declined", "cancelled", "failed"
 TITLE = "Liver E2Net"
 

@@ -31,12 +31,13 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import regionprops
 
+from .postprocessing import label_components
+
 LIVER_MIN_LABEL = 1
 TUMOR_LABEL = 2
 CHLEBUS_THETA = 0.2  # Dice above which an output/reference correspondence is a hit (Chlebus et al. 2018)
 RECIST_MIN_DIAMETER_MM = 10.0  # measurable lesions per RECIST 1.1, used for "recall >= 10 mm"
 LITS_MIN_IOU = 0.5  # a LiTS reference lesion is detected when a predicted component has IoU > 0.5 with it
-_CONNECTIVITY_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def _zyx(spacing: Sequence[float]) -> tuple[float, float, float]:
@@ -184,18 +185,6 @@ def _bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...]:
         hits = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
         box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, size)))
     return tuple(box)
-
-
-def label_components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """3D connected components with 26-connectivity: (labels 1..n, n). Labels only the mask's bounding box,
-    since lesions are small next to a whole CT."""
-    mask = np.asarray(mask, dtype=bool)
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    if not mask.any():
-        return labels, 0
-    box = _bounding_box(mask)
-    labels[box], count = ndimage.label(mask[box], structure=_CONNECTIVITY_26)
-    return labels, int(count)
 
 
 @dataclass(frozen=True)

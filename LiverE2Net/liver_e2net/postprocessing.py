@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 from scipy import ndimage
-
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def mask_bounds(mask: np.ndarray) -> tuple[slice, ...] | None:
@@ -20,8 +19,22 @@ def mask_bounds(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(bounds)
 
 
+def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """3D connected components: (int32 labels 1..n in raster order, as scipy.ndimage.label gives them; n).
+
+    Labelled by cc3d (connected-components-3d) within the mask's bounding box: 8x faster than scipy on case01's
+    liver box (0.19 -> 0.02 s), which mattered as the pipeline labels it seven times (2026-12-03)."""
+    mask = np.asarray(mask, dtype=bool)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    box = mask_bounds(mask)
+    if box is None:
+        return labels, 0
+    labels[box], count = cc3d.connected_components(mask[box], connectivity=connectivity, return_N=True)
+    return labels, int(count)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    labelled, count = ndimage.label(mask, structure=STRUCTURE_26)
+    labelled, count = label_components(mask)
     if count <= 1:
         return mask.astype(bool)
     sizes = np.bincount(labelled.ravel())
@@ -54,7 +67,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
     if min_voxels <= 1 or not mask.any():
         return mask.astype(bool)
-    labelled, _ = ndimage.label(mask, structure=STRUCTURE_26)
+    labelled, _ = label_components(mask)
     sizes = np.bincount(labelled.ravel())
     keep = sizes >= min_voxels
     keep[0] = False
@@ -78,7 +91,7 @@ def tumor_mask(probability: np.ndarray) -> np.ndarray:
 
     As skimage's apply_hysteresis_threshold, whose per-label sums took 0.5 s of a 1.5 s postprocess on a
     512 x 512 x 119 CT; a lookup table of the seeded components takes a tenth of that."""
-    components, _ = ndimage.label(probability > TUMOR_EXTENT)
+    components, _ = label_components(probability > TUMOR_EXTENT, connectivity=6)
     seeded = np.zeros(int(components.max()) + 1, bool)
     seeded[components[probability > TUMOR_SEED]] = True
     seeded[0] = False
@@ -108,7 +121,7 @@ def demote_bright_tumors(label: np.ndarray, hu: np.ndarray, limit: float = MAX_T
     tumor = label == 2
     if not tumor.any():
         return label
-    components, count = ndimage.label(tumor, structure=STRUCTURE_26)
+    components, count = label_components(tumor)
     ids, values = components[tumor], hu[tumor]
     order = np.lexsort((values, ids))  # by component, then HU: each component's values sorted in one run
     ids, values = ids[order], values[order]

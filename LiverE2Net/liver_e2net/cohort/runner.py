@@ -33,7 +33,6 @@ from ..outputs import (
     sha256,
     write_case_outputs,
 )
-from ..pipeline import DEFAULT_TTA_SCALES
 from ..progress import Reporter, null_reporter
 from ..protocol import CASE_RECORD, LABEL_FILES, PREVIEW_FILE, PROBABILITY_FILE
 from .discovery import Case
@@ -56,7 +55,7 @@ class BatchOptions:
     stl: bool = False
     smoothing: float = 1.0
     tta: str = "none"  # test-time augmentation mode of `segment --tta`
-    tta_scales: tuple[float, ...] = DEFAULT_TTA_SCALES  # used by --tta multiscale
+    tta_scales: tuple[float, ...] | None = None  # used by --tta multiscale; None: the model's own
     preview: bool = False  # the review PNG in the case folder
 
     def __post_init__(self) -> None:
@@ -65,7 +64,7 @@ class BatchOptions:
             raise UserInputError(
                 f"unknown --format {', '.join(unknown) or '(none)'}; choose from {', '.join(LABEL_FILES)}"
             )
-        check_numbers(tta_scales=self.tta_scales, smoothing=self.smoothing, min_lesion_ml=self.min_lesion_ml)
+        check_numbers(tta_scales=self.tta_scales or (), smoothing=self.smoothing, min_lesion_ml=self.min_lesion_ml)
         self.test_time_augmentation()  # refuses an unknown mode
 
     def test_time_augmentation(self):

@@ -50,6 +50,14 @@ def register(subparsers) -> None:
         "default: as trained)",
     )
     parser.add_argument(
+        "--tta-scales",
+        type=float,
+        nargs="+",
+        metavar="S",
+        help="the model's scales for --tta multiscale (the panel's Best), each 0.5-2; 1 alone makes Best equal "
+        "Fast, for a model whose fusion did not help it on held-out CT (default: as trained)",
+    )
+    parser.add_argument(
         "--full-precision", action="store_true", help="keep fp32 weights (default: fp16, half size)"
     )
     parser.set_defaults(func=run)
@@ -57,6 +65,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint, without_held_out
+    from ..outputs import check_numbers
 
     first = load_checkpoint(args.stage1)
     second = load_checkpoint(args.stage2) if args.stage2 else first
@@ -75,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         metadata["name"] = args.name
     if args.box_margin_z_mm is not None and args.box_margin_z_mm < 0:
         raise UserInputError(f"--box-margin-z-mm {args.box_margin_z_mm}: use a distance >= 0 (0: slices only)")
+    check_numbers(tta_scales=args.tta_scales or ())
     if args.stage2 or args.liver_gate_mm is not None or args.box_margin_z_mm is not None:
         metadata = without_held_out(metadata)  # another model's figures would describe this one wrongly
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
@@ -90,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             box_margin_z_mm=(
                 second.config.preprocessing.box_margin_z_mm if args.box_margin_z_mm is None else args.box_margin_z_mm
             ),
+            tta_scales=tuple(args.tta_scales) if args.tta_scales else second.config.preprocessing.tta_scales,
         ),
     )
     # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.
@@ -102,10 +113,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def beyond_stage1(config) -> dict:
-    """A model config's settings but stage 1's own (network, pixel size, gate): what two exported stages share."""
+    """A model config's settings but stage 1's own (network, pixel size, gate) and the inference settings export
+    sets (z margin, TTA scales; taken from --stage2): what two exported stages must share."""
     settings = config.to_dict()
     prep = settings["preprocessing"]
-    del settings["stage1"], prep["stage1_pixel_mm"], prep["liver_gate_mm"]
+    del settings["stage1"], prep["stage1_pixel_mm"], prep["liver_gate_mm"], prep["box_margin_z_mm"], prep["tta_scales"]
     return settings
 
 

@@ -12,7 +12,7 @@ from ..fp_filter import FP_FILTER_MODES
 from ..io import read_ct
 from ..outputs import OutputSet, OutputTargets, check_numbers, check_space, report_fields, write_case_outputs
 from ..outputs import check_writable as check_writable
-from ..pipeline import DEFAULT_TTA_SCALES, TTA_MODES
+from ..pipeline import TTA_MODES
 from ..progress import add_progress_argument, make_reporter
 
 log = logging.getLogger("liver_e2net")
@@ -57,16 +57,16 @@ def add_segmenter_arguments(
         "--tta",
         default="none",
         choices=TTA_MODES,
-        help="test-time fusion of stage 2: multiscale (scales 0.875 and 1; the panel's Accuracy: Best, ~2x "
-        "stage-2 time) and/or a left-right flip (only for models trained with flips: it warns otherwise)",
+        help="test-time fusion of stage 2: multiscale (the model's scales, see --tta-scales; the panel's Accuracy: "
+        "Best) and/or a left-right flip (only for models trained with flips: it warns otherwise)",
     )
     parser.add_argument(
         "--tta-scales",
         type=float,
         nargs="+",
-        default=list(DEFAULT_TTA_SCALES),
         metavar="S",
-        help="scales for --tta multiscale, each 0.5-2 (default 0.875 1.0; the stage-2 input rounds to steps of 0.125)",
+        help="scales for --tta multiscale, each 0.5-2 (default: the model's own, shown by `info`; 0.875 1 unless "
+        "its fusion did not help it held out; the stage-2 input rounds to steps of 0.125)",
     )
     parser.add_argument(
         "--stl",
@@ -97,7 +97,7 @@ def add_segmenter_arguments(
 
 
 def check_segmenter_arguments(args: argparse.Namespace) -> None:
-    check_numbers(args.threads, args.tta_scales, args.smoothing, args.min_lesion_ml)
+    check_numbers(args.threads, args.tta_scales or (), args.smoothing, args.min_lesion_ml)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     progress = make_reporter(args.progress)
     with OutputSet(targets.files().values()) as outputs:
         progress("load", 0.0, "loading model")
-        tta = TestTimeAugmentation.from_mode(args.tta, tuple(args.tta_scales))
+        tta = TestTimeAugmentation.from_mode(args.tta, args.tta_scales)
         segmenter = Segmenter(
             args.model, device=args.device, threads=args.threads, tta=tta, fp_filter=args.fp_filter
         )

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         _case_output(args.stl, "--stl"),
         args.smoothing,
         args.tta,
-        tuple(args.tta_scales),
+        tuple(args.tta_scales) if args.tta_scales else None,
         _case_output(args.preview, "--preview"),
     )
     # The model before the batch folder: a refused model (or --fp-filter on without a filter) writes nothing.
