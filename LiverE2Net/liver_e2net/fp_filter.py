@@ -18,6 +18,7 @@ from scipy import ndimage
 
 from .errors import UserInputError
 from .extras import require
+from .postprocessing import label_components
 from .protocol import FP_FILTER_MODES
 
 FEATURE_NAMES = (
@@ -333,10 +334,6 @@ def apply_filter(
     fp_filter: FalsePositiveFilter,
 ) -> tuple[np.ndarray, int]:
     """(label with rejected tumor components turned into liver, number rejected); `label` is {0, 1, 2}."""
-    from .metrics import (
-        label_components,
-    )  # here: metrics pulls in scikit-image, which loading a model needs not
-
     components, count = label_components(label == TUMOR_LABEL)
     if count == 0:
         return label, 0

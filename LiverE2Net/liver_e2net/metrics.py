@@ -31,7 +31,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.measure import regionprops
 
-from .postprocessing import label_components
+from .postprocessing import label_components, mask_bounds
 
 LIVER_MIN_LABEL = 1
 TUMOR_LABEL = 2
@@ -443,16 +443,19 @@ def lesion_table(
     The physical centre follows SimpleITK: origin + direction @ (spacing * ijk), with ijk = (x, y, z).
     """
     label = np.asarray(label)
-    labels, count = label_components(label == TUMOR_LABEL)
-    if count == 0:
-        return []
     if ct_hu is not None and np.shape(ct_hu) != label.shape:
         raise ValueError(f"CT shape {np.shape(ct_hu)} differs from label shape {label.shape}")
+    tumor = label == TUMOR_LABEL
+    box = mask_bounds(tumor)  # the tumors' box only: a whole-CT np.nonzero took 0.23 s of 0.36 (case01)
+    if box is None:
+        return []
+    labels, count = label_components(tumor[box])
     ids = np.arange(1, count + 1)
     voxel_ml = float(np.prod(_zyx(spacing))) / 1000.0
     diameters = axial_diameters(labels, count, spacing)
-    zyx = np.nonzero(labels)
-    owner = labels[zyx]
+    local = np.nonzero(labels)
+    owner = labels[local]
+    zyx = tuple(axis + b.start for axis, b in zip(local, box))
     voxels = np.bincount(owner, minlength=count + 1)[1:]
 
     def per_lesion_mean(values: np.ndarray) -> np.ndarray:
