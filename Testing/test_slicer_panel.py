@@ -174,6 +174,9 @@ def test_accuracy_choice_goes_to_the_command_line(panelWidget, sampleCt, monkeyp
     assert not parameters.removeFalsePositives
     run(panelWidget, "ok", monkeypatch)
     assert [command[command.index("--fp-filter") + 1] for command in commands] == ["auto", "auto", "off"]  # the filter, if the model has one
+    run(panelWidget, "warn", monkeypatch)  # what the child says about its run is shown, not only logged
+    assert ui.statusLabel.text() == (
+        "Done: 'CT segmentation_3' is ready for the Segment Editor. Note: first fake warning; second fake warning")
 
 
 def test_progress_results_lesions_and_stl_export(panelWidget, sampleCt, mrmlScene, monkeypatch, tmp_path):

@@ -177,7 +177,10 @@ class SegmentationPanel(PanelBase):
         self.ui.progressBar.setVisible(False)
         if error is None:
             self._parameterNode.outputSegmentation = segmentationNode
-            self.showStatus(f"Done: '{segmentationNode.GetName()}' is ready for the Segment Editor.")
+            # The report's warnings (no liver found, slices left out of a series, Best = Fast ...) are the run's.
+            notes = (storedReport(segmentationNode) or {}).get("warnings") or []
+            self.showStatus(f"Done: '{segmentationNode.GetName()}' is ready for the Segment Editor."
+                            + (f" Note: {'; '.join(notes)}" if notes else ""))
         elif isinstance(error, SegmentationCancelled):
             self.showStatus(str(error))
         else:

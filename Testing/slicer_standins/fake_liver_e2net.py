@@ -4,6 +4,7 @@ network, so progress, cancel and error display can be tested deterministically a
 FAKE_LIVER_E2NET selects the behaviour:
   ok    progress lines, then a real label map (an ellipsoid liver with two ball tumors on the input's grid, written
         with the core's own io and report code), the report, probabilities if asked, "done".
+  warn  as ok, with two warnings in the report (as `segment` lists what the user should know about a run).
   slow  one progress line, a grandchild process, then sleeps: for cancel. Both pids go to FAKE_LIVER_E2NET_PIDS.
   fail  the core's failure protocol: an error line on stdout, the message on stderr, exit code 2.
   crash an unhandled exception: a Python traceback on stderr, exit code 1, no error line.
@@ -24,7 +25,10 @@ def emit(stage, fraction, message=""):
     print(json.dumps({"stage": stage, "fraction": fraction, "message": message}), flush=True)
 
 
-def segment(args):
+WARNINGS = ["first fake warning", "second fake warning"]
+
+
+def segment(args, warnings=()):
     import SimpleITK as sitk
     from liver_e2net.io import write_labelmap
     from liver_e2net.report import case_report
@@ -51,7 +55,7 @@ def segment(args):
         image.CopyInformation(ct)
         sitk.WriteImage(image, args.probabilities)
     report = {"input": args.input, "output": args.output, "model": {"path": args.model, "name": "fake"},
-              "device": "cpu", "threads": 1, "seconds": {"total": 0.3}, **case_report(label, ct), "warnings": []}
+              "device": "cpu", "threads": 1, "seconds": {"total": 0.3}, **case_report(label, ct), "warnings": list(warnings)}
     with open(args.report, "w", encoding="utf-8") as stream:
         json.dump(report, stream)
     emit("done", 1.0, "fake segmentation written")
@@ -90,7 +94,7 @@ def main():
         emit("load", 0.0, "loading")
         raise RuntimeError("CUDA error: out of memory")
     else:
-        segment(args)
+        segment(args, WARNINGS if mode == "warn" else ())
 
 
 if __name__ == "__main__":
