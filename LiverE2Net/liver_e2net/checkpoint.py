@@ -65,7 +65,7 @@ class Checkpoint:
             parts.append("no held-out real-CT accuracy recorded")
         if self.fp_filter is not None:
             parts.append("tumor false-positive filter")
-        if self.config.preprocessing.tta_scales == (1.0,):
+        if self.config.preprocessing.best_is_fast:
             parts.append("Best = Fast (its multiscale fusion did not help it held out)")
         return " | ".join(parts)
 

@@ -67,6 +67,11 @@ class PreprocessingConfig:
     # train at 1.0). One scale, (1.0,), makes Best equal Fast: for a model whose fusion did not help held out.
     tta_scales: tuple[float, ...] = (0.875, 1.0)
 
+    @property
+    def best_is_fast(self) -> bool:
+        """One TTA scale, 1: --tta multiscale runs the single pass Fast runs."""
+        return self.tta_scales == (1.0,)
+
     def z_margin(self, slice_mm: float) -> int:
         """Slices added above and below the stage-1 liver on a CT of `slice_mm` slices."""
         return max(self.box_margin_slices, math.ceil(self.box_margin_z_mm / slice_mm - 1e-6))

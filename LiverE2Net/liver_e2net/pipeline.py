@@ -95,7 +95,7 @@ def flip_warning(checkpoint: Checkpoint) -> str | None:
 
 def single_scale_warning(config: ModelConfig, tta: TestTimeAugmentation) -> str | None:
     """Why --tta multiscale changes nothing: the model carries one scale, as its fusion did not help it held out."""
-    if tta.scales is not None or config.preprocessing.tta_scales != (1.0,):
+    if tta.scales is not None or not config.preprocessing.best_is_fast:
         return None
     return (
         "this model's multiscale fusion did not help it on held-out CT, so it runs one pass: Best equals Fast "
