@@ -40,6 +40,11 @@ def segmentation_logits(output) -> torch.Tensor:
     return output.s2 if isinstance(output, E2NetOutput) else output
 
 
+def predict_logits(network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """`segmentation_logits(network(batch))` without what only training reads (E2Net's side heads)."""
+    return network.predict(batch) if isinstance(network, E2Net) else network(batch)
+
+
 __all__ = [
     "E2Net",
     "E2NetOutput",
@@ -48,6 +53,7 @@ __all__ = [
     "UNet3D",
     "build_network",
     "channels_last",
+    "predict_logits",
     "segmentation_logits",
     "to_channels_last",
 ]
