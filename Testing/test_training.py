@@ -20,8 +20,8 @@ from liver_e2net.errors import UserInputError
 from liver_e2net.models import E2NetOutput
 from liver_e2net.training import CasePaths, TrainConfig, Trainer, TrainingCase, discover, read_state
 from liver_e2net.training.cache import prepare_cases
-from liver_e2net.training.config import SHAPE_AUGMENTATION
 from liver_e2net.training.cases import read_case
+from liver_e2net.training.config import SHAPE_AUGMENTATION
 from liver_e2net.training.labels import read_label, segment_role
 from liver_e2net.training.losses import stage1_loss, stage2_loss
 from liver_e2net.training.samples import EpochSampler, Stage1Samples, Stage2Samples
