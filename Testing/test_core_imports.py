@@ -34,3 +34,21 @@ def test_importing_every_module_loads_no_gui_package() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_segment_child_imports_neither_training_nor_the_other_commands() -> None:
+    """The panel starts `liver-e2net segment` for every run: its parser holds that command alone, so training,
+    evaluation and the lesion matching's sparse graphs stay unimported (start-up time)."""
+    code = (
+        "import sys\n"
+        "from liver_e2net import cli\n"
+        "parser = cli.build_parser(['segment', 'ct.nii.gz', '-o', 'x.seg.nrrd'])\n"
+        "import liver_e2net.commands.segment, liver_e2net.pipeline, liver_e2net.outputs\n"
+        "loaded = [m for m in ('liver_e2net.training', 'liver_e2net.evaluation', 'liver_e2net.commands.train',"
+        " 'scipy.sparse.csgraph') if m in sys.modules]\n"
+        "choices = parser._subparsers._group_actions[0].choices\n"
+        "print(loaded, sorted(choices), len(cli.build_parser(['--help'])._subparsers._group_actions[0].choices) == len(cli.COMMANDS))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["[]", "['segment']", "True"]

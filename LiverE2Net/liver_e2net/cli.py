@@ -26,13 +26,16 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """Every subcommand, or only the one `argv` names: a `segment` child (the panel's) then skips importing
+    training, evaluation and the other commands' modules."""
     parser = argparse.ArgumentParser(
         prog="liver-e2net", description="Liver and liver-tumor segmentation of CT (E2Net)."
     )
     parser.add_argument("--version", action="version", version=f"liver-e2net {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
+    named = next((arg.replace("-", "_") for arg in argv or () if not arg.startswith("-")), None)
+    for name in (named,) if named in COMMANDS else COMMANDS:
         importlib.import_module(f"liver_e2net.commands.{name}").register(subparsers)
     return parser
 
@@ -43,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         # must still reach segment and train, even before the trainer installs its own handler.
         signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (UserInputError, FileNotFoundError, PermissionError, IsADirectoryError) as error:

@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from skimage.measure import regionprops
 
 from .postprocessing import label_components, mask_bounds
@@ -319,6 +317,11 @@ def _overlap_groups(
     pred_ids: frozenset[int], ref_ids: frozenset[int], overlaps: _Overlaps
 ) -> list[tuple[frozenset[int], frozenset[int]]]:
     """Connected components of the bipartite "overlaps" graph restricted to the given ids (singletons too)."""
+    from scipy.sparse import (
+        coo_matrix,  # here: only evaluation matches lesions, and a segment child starts faster
+    )
+    from scipy.sparse.csgraph import connected_components
+
     nodes = [("p", i) for i in sorted(pred_ids)] + [("r", i) for i in sorted(ref_ids)]
     index = {node: n for n, node in enumerate(nodes)}
     edges = [(index["p", p], index["r", r]) for p, r in overlaps.pairs if p in pred_ids and r in ref_ids]
