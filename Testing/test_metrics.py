@@ -217,6 +217,21 @@ def test_axial_diameter_is_anisotropic_and_ignores_z():
     assert metrics.axial_diameters(line_y, 1, (0.1, 0.5, 9.0)) == pytest.approx([21 * 0.5])
 
 
+def test_axial_diameters_skip_only_sections_that_cannot_win():
+    """The bound-and-skip measurement equals scikit-image's Feret diameter of every section, maximised."""
+    from skimage.measure import regionprops
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        labels, count = ndimage.label(ndimage.gaussian_filter(rng.random((10, 50, 60)), 3) > 0.52)
+        spacing = tuple(rng.uniform(0.5, 3.0, 3))
+        every = np.zeros(count)
+        for z in range(labels.shape[0]):
+            for region in regionprops(labels[z], spacing=(spacing[1], spacing[0])):
+                every[region.label - 1] = max(every[region.label - 1], region.feret_diameter_max)
+        assert count > 1 and np.array_equal(metrics.axial_diameters(labels, count, spacing), every)
+
+
 def test_lesion_table_on_known_boxes():
     label = np.zeros((8, 20, 40), dtype=np.uint8)
     label[1:7, 5:18, 5:35] = 1
