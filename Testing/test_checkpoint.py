@@ -9,6 +9,7 @@ import torch
 from liver_e2net.checkpoint import FORMAT_VERSION, load_checkpoint, random_checkpoint, save_checkpoint
 from liver_e2net.config import lite_config
 from liver_e2net.errors import UserInputError
+from liver_e2net.pipeline import Segmenter
 
 
 def test_round_trip_keeps_config_weights_and_metadata(tmp_path: Path) -> None:
@@ -67,6 +68,8 @@ def test_weights_that_do_not_match_config(tmp_path: Path) -> None:
     torch.save(payload, path)
     with pytest.raises(UserInputError, match="do not match"):
         load_checkpoint(path)
+    with pytest.raises(UserInputError, match=f"{path}: weights do not match"):  # the Segmenter's one build
+        Segmenter(path, device="cpu")
 
 
 def test_pickled_code_is_never_executed(tmp_path: Path) -> None:

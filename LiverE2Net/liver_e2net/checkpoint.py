@@ -38,11 +38,18 @@ class Checkpoint:
     fp_filter: FalsePositiveFilter | None = None  # tumor false-positive filter trained on this model's output
 
     def build(self, device: torch.device | str = "cpu") -> tuple[nn.Module, nn.Module]:
-        """Both networks in eval mode with their weights, float32, on `device`."""
+        """Both networks in eval mode with their weights, float32, on `device`; weights that do not fit the
+        stored config are a UserInputError naming the file."""
         networks = []
         for stage_config, state in ((self.config.stage1, self.stage1), (self.config.stage2, self.stage2)):
             network = build_network(stage_config)
-            network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            try:
+                network.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+            except RuntimeError as error:
+                raise UserInputError(
+                    f"{self.path or 'the model'}: weights do not match the stored {self.config.name} config "
+                    f"({str(error)[:200]})"
+                ) from error
             networks.append(network.eval().to(device))
         return networks[0], networks[1]
 
@@ -109,7 +116,9 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False
     return path
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, check_weights: bool = True) -> Checkpoint:
+    """Reads and checks a model file. `check_weights=False` leaves the weights-fit-config check to the caller's
+    own `build()` (the Segmenter's: building the networks twice costs a segment child ~0.2 s)."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"model file not found: {path}; pass --model with an existing .pt checkpoint")
@@ -137,12 +146,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         config, payload["stage1"], payload["stage2"], payload["metadata"], payload["labels"], path
     )
     _check_input_channels(checkpoint, path)
-    try:
+    if check_weights:
         checkpoint.build()
-    except RuntimeError as error:
-        raise UserInputError(
-            f"{path}: weights do not match the stored {config.name} config ({str(error)[:200]})"
-        ) from error
     if payload.get("fp_filter") is not None:  # absent from files written before the filter existed
         checkpoint.fp_filter = FalsePositiveFilter.from_payload(payload["fp_filter"], str(path))
         check_fp_filter(checkpoint.fp_filter, checkpoint.stage2, str(path))

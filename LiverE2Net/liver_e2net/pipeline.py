@@ -132,7 +132,9 @@ class Segmenter:
                 raise UserInputError(
                     "no model given and no bundled model found in Resources/Models; pass --model"
                 )
-        self.checkpoint = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+        self.checkpoint = (
+            checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, check_weights=False)
+        )
         self.config = self.checkpoint.config
         # auto: the model's own tumor false-positive filter if it carries one (on: it must, off: never).
         self.fp_filter = choose_filter(
