@@ -102,6 +102,14 @@ def test_export_sets_the_z_margin_in_mm_and_drops_figures_measured_without_it(tm
     assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "n.pt"), "--box-margin-z-mm", "-5"]) == 2
     assert "--box-margin-z-mm -5.0: use a distance >= 0" in capsys.readouterr().err
     assert not (tmp_path / "n.pt").exists()
+    assert load_checkpoint(measured).config.preprocessing.box_margin_mm == 15.0  # in-plane: as trained
+    assert main(["export-model", "--stage1", str(measured), "-o", str(wider), "--box-margin-mm", "35"]) == 0
+    exported = load_checkpoint(wider).config.preprocessing
+    assert (exported.box_margin_mm, exported.box_margin_z_mm) == (35.0, 0.0)
+    assert "no held-out real-CT accuracy" in load_checkpoint(wider).describe()
+    assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "n.pt"), "--box-margin-mm", "-1"]) == 2
+    assert "--box-margin-mm -1.0: use a distance >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "n.pt").exists()
 
 
 def test_export_sets_the_models_tta_scales_and_refuses_bad_ones(tmp_path, capsys) -> None:
@@ -113,10 +121,11 @@ def test_export_sets_the_models_tta_scales_and_refuses_bad_ones(tmp_path, capsys
     assert "Best = Fast" in capsys.readouterr().out
     # A stage 2 exported with other inference settings still combines with its stage 1, taking stage 2's.
     wider = tmp_path / "wider.pt"
-    assert main(["export-model", "--stage1", str(single), "-o", str(wider), "--box-margin-z-mm", "20"]) == 0
+    assert main(["export-model", "--stage1", str(single), "-o", str(wider), "--box-margin-z-mm", "20",
+                 "--box-margin-mm", "35"]) == 0  # fmt: skip
     assert main(["export-model", "--stage1", str(run), "--stage2", str(wider), "-o", str(tmp_path / "c.pt")]) == 0
     combined = load_checkpoint(tmp_path / "c.pt").config.preprocessing
-    assert (combined.tta_scales, combined.box_margin_z_mm) == ((1.0,), 20.0)
+    assert (combined.tta_scales, combined.box_margin_z_mm, combined.box_margin_mm) == ((1.0,), 20.0, 35.0)
     assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "bad.pt"), "--tta-scales", "0"]) == 2
     assert "--tta-scales 0.0: each scale must be within" in capsys.readouterr().err
     assert not (tmp_path / "bad.pt").exists()

@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         "default: as trained)",
     )
     parser.add_argument(
+        "--box-margin-mm",
+        type=float,
+        metavar="MM",
+        help="stage 2's box reaches MM beyond stage 1's liver in-plane (stage 2 still sees 256 x 256 pixels, so "
+        "a wider box means coarser pixels; default: as trained)",
+    )
+    parser.add_argument(
         "--box-margin-z-mm",
         type=float,
         metavar="MM",
@@ -84,8 +91,10 @@ def run(args: argparse.Namespace) -> int:
         metadata["name"] = args.name
     if args.box_margin_z_mm is not None and args.box_margin_z_mm < 0:
         raise UserInputError(f"--box-margin-z-mm {args.box_margin_z_mm}: use a distance >= 0 (0: slices only)")
+    if args.box_margin_mm is not None and args.box_margin_mm < 0:
+        raise UserInputError(f"--box-margin-mm {args.box_margin_mm}: use a distance >= 0")
     check_numbers(tta_scales=args.tta_scales or ())
-    if args.stage2 or args.liver_gate_mm is not None or args.box_margin_z_mm is not None:
+    if args.stage2 or any(v is not None for v in (args.liver_gate_mm, args.box_margin_z_mm, args.box_margin_mm)):
         metadata = without_held_out(metadata)  # another model's figures would describe this one wrongly
     held_out = [row for path in args.held_out for row in held_out_rows(Path(path))]
     if held_out:
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
             box_margin_z_mm=(
                 second.config.preprocessing.box_margin_z_mm if args.box_margin_z_mm is None else args.box_margin_z_mm
             ),
+            box_margin_mm=second.config.preprocessing.box_margin_mm if args.box_margin_mm is None else args.box_margin_mm,
             tta_scales=tuple(args.tta_scales) if args.tta_scales else second.config.preprocessing.tta_scales,
         ),
     )
@@ -114,10 +124,11 @@ def run(args: argparse.Namespace) -> int:
 
 def beyond_stage1(config) -> dict:
     """A model config's settings but stage 1's own (network, pixel size, gate) and the inference settings export
-    sets (z margin, TTA scales; taken from --stage2): what two exported stages must share."""
+    sets (box margins, TTA scales; taken from --stage2): what two exported stages must share."""
     settings = config.to_dict()
     prep = settings["preprocessing"]
-    del settings["stage1"], prep["stage1_pixel_mm"], prep["liver_gate_mm"], prep["box_margin_z_mm"], prep["tta_scales"]
+    del settings["stage1"], prep["stage1_pixel_mm"], prep["liver_gate_mm"]
+    del prep["box_margin_mm"], prep["box_margin_z_mm"], prep["tta_scales"]
     return settings
 
 
