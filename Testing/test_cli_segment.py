@@ -66,6 +66,19 @@ def test_segment_writes_seg_nrrd_stl_report_and_jsonl_progress(tmp_path, model, 
     assert not [p for p in tmp_path.rglob(".*tmp")]  # no temporary files left
 
 
+def test_a_reader_that_goes_away_ends_the_run_cleanly(tmp_path, model, small_ct) -> None:
+    """The panel or `| head` closes stdout after one progress line: a named error, status 1, no output left."""
+    out = tmp_path / "result.seg.nrrd"
+    command = [sys.executable, "-m", "liver_e2net", "segment", str(small_ct), "-o", str(out), "--model", str(model),
+               "--device", "cpu", "--threads", "1", "--progress", "jsonl"]  # fmt: skip
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    assert json.loads(child.stdout.readline())["stage"] == "load"
+    child.stdout.close()
+    assert child.wait(timeout=300) == 1
+    assert "stdout was closed before the run ended" in child.stderr.read()
+    assert list(tmp_path.iterdir()) == []
+
+
 def _write(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0), vector: bool = False) -> Path:
     image = sitk.GetImageFromArray(array, isVector=vector)
     if not vector and array.ndim == 3:
