@@ -21,7 +21,6 @@ from liver_e2net.models import E2NetOutput
 from liver_e2net.training import CasePaths, TrainConfig, Trainer, TrainingCase, discover, read_state
 from liver_e2net.training.cache import prepare_cases
 from liver_e2net.training.cases import read_case
-from liver_e2net.training.config import SHAPE_AUGMENTATION
 from liver_e2net.training.labels import read_label, segment_role
 from liver_e2net.training.losses import stage1_loss, stage2_loss
 from liver_e2net.training.samples import EpochSampler, Stage1Samples, Stage2Samples
@@ -253,7 +252,7 @@ def real_run(tmp_path_factory):
     options = (
         "--val-cases case04 --epochs 1 --steps-per-epoch 2 --batch-size 2 --bn-calibration-samples 2".split()
     )
-    first = ["train", *pairs, "-o", str(root / "run"), *options, "--shape-augmentation", "on", *common]
+    first = ["train", *pairs, "-o", str(root / "run"), *options, *common]
     codes = [cli.main(first), cli.main(["train", "--resume", str(root / "run"), "--epochs", "2", *common])]
     return root / "run", codes
 
@@ -271,9 +270,6 @@ def test_real_run_writes_loadable_checkpoints_and_resume_continues(real_run, cap
         0.0,
     )  # case04 has no tumor: 0 once one is predicted
     assert last.metadata["command_line"].startswith("liver-e2net")
-    augment = last.metadata["train_config"]["augment"]  # asked for in the first run, kept by the resumed one
-    assert augment["elastic_probability"] == SHAPE_AUGMENTATION["elastic_probability"] > 0
-    assert augment["anisotropy"] == SHAPE_AUGMENTATION["anisotropy"] and augment["phase_probability"] > 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [
         ("stage1", 1),

@@ -132,12 +132,6 @@ def register(subparsers) -> None:
         "slices, truncated fields of view, sharp kernels (default on for a new run; a resumed run keeps its own)",
     )
     optimisation.add_argument(
-        "--shape-augmentation",
-        choices=["on", "off"],
-        help="bend each slice smoothly and zoom its axes apart (livers and bodies of other shapes than the "
-        "training cases'; default off for a new run; a resumed run keeps its own)",
-    )
-    optimisation.add_argument(
         "--ema-decay",
         type=float,
         metavar="D",
@@ -169,7 +163,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..devices import available_cores, configure_threads
     from ..training import TrainConfig, read_state, train
-    from ..training.config import ACQUISITION_AUGMENTATION, DEFAULT_LR, SHAPE_AUGMENTATION, AugmentConfig
+    from ..training.config import ACQUISITION_AUGMENTATION, DEFAULT_LR, AugmentConfig
     from ..training.sources import given_cases
 
     if args.resume and args.output and Path(args.output).resolve() != Path(args.resume).resolve():
@@ -190,10 +184,6 @@ def run(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, augment=ACQUISITION_AUGMENTATION)
     elif args.acquisition_augmentation == "off":
         config = dataclasses.replace(config, augment=AugmentConfig())
-    if args.shape_augmentation:
-        shape = SHAPE_AUGMENTATION if args.shape_augmentation == "on" else {
-            name: getattr(AugmentConfig(), name) for name in SHAPE_AUGMENTATION}
-        config = dataclasses.replace(config, augment=dataclasses.replace(config.augment, **shape))
     if not args.resume:
         config = dataclasses.replace(config, fixed_validation_tumors=True, validation_tumor_range=True)
     configure_threads(

@@ -1,7 +1,7 @@
 """CT augmentation for one sample, driven by the sample's own numpy Generator (reproducible on any worker).
 
-Intensity changes happen in HU before windowing, as scanners differ; geometric changes (rotation, scale per
-axis, shift, a smooth bend, optional left-right flip) act on the network-resolution image and its masks together; noise and
+Intensity changes happen in HU before windowing, as scanners differ; geometric changes (rotation, scale,
+shift, optional left-right flip) act on the network-resolution image and its masks together; noise and
 blur act last, at network resolution, where the network sees them.
 """
 
@@ -35,28 +35,12 @@ def random_affine(rng: np.random.Generator, config: AugmentConfig, height: int, 
     shift_x, shift_y = (
         rng.uniform(-config.translate, config.translate, 2) * 2
     )  # normalised coordinates span 2
-    # Per-axis zoom (a wider or a deeper body); no draw when off, so older runs replay unchanged.
-    zoom_x, zoom_y = zoom * rng.uniform(1 - config.anisotropy, 1 + config.anisotropy, 2) if config.anisotropy \
-        else (zoom, zoom)
-    cos, sin = math.cos(angle), math.sin(angle)
-    # Rotation in pixel units expressed in the [-1, 1] x [-1, 1] coordinates of a height x width image,
-    # applied to output coordinates already divided by the zoom of their axis.
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    # Rotation in pixel units expressed in the [-1, 1] x [-1, 1] coordinates of a height x width image.
     return torch.tensor(
-        [[cos * flip / zoom_x, -sin * height / width / zoom_y, shift_x],
-         [sin * width / height * flip / zoom_x, cos / zoom_y, shift_y]],
+        [[cos * flip, -sin * height / width, shift_x], [sin * width / height * flip, cos, shift_y]],
         dtype=torch.float32,
     )
-
-
-def random_bend(rng: np.random.Generator, config: AugmentConfig, height: int, width: int) -> torch.Tensor:
-    """(H, W, 2) smooth displacement in `F.grid_sample` coordinates: control points on an elastic_grid x
-    elastic_grid lattice moved by up to elastic_magnitude of the image size, interpolated bicubically, so that
-    a liver bends (a longer left lobe, a rounder dome) while neighbouring pixels move together."""
-    grid = max(2, config.elastic_grid)
-    control = rng.uniform(-1, 1, (1, 2, grid, grid)).astype(np.float32) * np.float32(2 * config.elastic_magnitude)
-    field = F.interpolate(torch.from_numpy(control), size=(height, width), mode="bicubic", align_corners=True)
-    field = field.clamp(-2 * config.elastic_magnitude, 2 * config.elastic_magnitude)  # bicubic overshoots
-    return field[0].permute(1, 2, 0).contiguous()
 
 
 def random_affine_3d(rng: np.random.Generator, config: AugmentConfig, depth: int, height: int, width: int
@@ -76,16 +60,11 @@ def random_affine_3d(rng: np.random.Generator, config: AugmentConfig, depth: int
     return torch.tensor(np.concatenate([linear, shift[:, None]], axis=1), dtype=torch.float32)
 
 
-def warp(
-    image: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor, bend: torch.Tensor | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def warp(image: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """image (K, H, W) in [-1, 1] (K context slices) and float masks (C, H, W) -> the same, resampled together;
-    outside becomes air / 0; `bend` (H, W, 2, from random_bend) is added to the sampling grid. Volumes
-    (K, D, H, W) and (C, D, H, W) with a (3, 4) theta alike."""
+    outside becomes air / 0. Volumes (K, D, H, W) and (C, D, H, W) with a (3, 4) theta alike."""
     stack = torch.cat([image + 1.0, masks])[None]  # +1: zero padding then means -1, the air of the window
     grid = F.affine_grid(theta[None], list(stack.shape), align_corners=False)
-    if bend is not None:
-        grid = grid + bend[None]
     warped = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     return warped[: len(image)] - 1.0, warped[len(image) :]
 

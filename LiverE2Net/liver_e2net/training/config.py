@@ -42,11 +42,6 @@ class AugmentConfig:
     thick_slice_probability: float = 0.0  # share of samples rebuilt as thick-slice reconstructions
     thick_slice_mm: tuple[float, float] = (2.0, 5.0)
     fov_probability: float = 0.0  # share of samples cut to a reconstruction circle with scanner padding
-    # Anatomy the few training livers lack (2D samples): body habitus and liver shape.
-    anisotropy: float = 0.0  # in-plane zoom of each axis varied by up to this fraction, independently
-    elastic_probability: float = 0.0  # share of samples bent by a smooth random displacement field
-    elastic_magnitude: float = 0.05  # largest displacement of a control point, as a fraction of the image size
-    elastic_grid: int = 4  # control points per side: 4 bends a 256-pixel box over ~85 pixels
 
 
 PRECISIONS = ("auto", "fp32")
@@ -55,8 +50,6 @@ PRECISIONS = ("auto", "fp32")
 ACQUISITION_AUGMENTATION = AugmentConfig(
     phase_probability=0.5, thick_slice_probability=0.3, fov_probability=0.15, sharpen_probability=0.15
 )
-# `train --shape-augmentation on` adds, on top of it: livers of other shapes and bodies.
-SHAPE_AUGMENTATION = {"anisotropy": 0.1, "elastic_probability": 0.5}
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from .augment import (
     noise_and_blur,
     random_affine,
     random_affine_3d,
-    random_bend,
     simulate_phase,
     thick_slice_stack,
     warp,
@@ -111,12 +110,8 @@ class _Samples(Dataset):
         """image (K, H, W), float masks (C, H, W) -> augmented; masks stay soft until the caller thresholds."""
         if not self.config.augment.enabled:
             return image, masks
-        augment, size = self.config.augment, image.shape[-2:]
-        theta = random_affine(rng, augment, *size)
-        bent = augment.elastic_probability and rng.random() < augment.elastic_probability  # no draw when off
-        bend = random_bend(rng, augment, *size) if bent else None
-        image, masks = warp(image, masks, theta, bend)
-        return noise_and_blur(image, rng, augment), masks
+        image, masks = warp(image, masks, random_affine(rng, self.config.augment, *image.shape[-2:]))
+        return noise_and_blur(image, rng, self.config.augment), masks
 
 
 class Stage1Samples(_Samples):
