@@ -14,7 +14,7 @@ from liver_e2net.config import (
     lite_config,
     paper_config,
 )
-from liver_e2net.models import E2NetOutput, Res2Net, build_network, predict_logits, segmentation_logits
+from liver_e2net.models import E2NetOutput, Res2Net, build_network, segmentation_logits
 
 
 @pytest.mark.parametrize("config", [lite_config(), base_config(), paper_config()], ids=["lite", "base", "paper"])
@@ -30,13 +30,13 @@ def test_output_shapes(config: ModelConfig) -> None:
 
 
 def test_inference_predicts_what_the_full_forward_predicts() -> None:
-    """predict_logits (the pipeline's: E2Net without its side heads) gives the forward's prediction exactly."""
+    """predict (the pipeline's: E2Net without its side heads) gives the forward's prediction exactly."""
     torch.manual_seed(0)
     x = torch.randn(2, 1, 64, 96)
     with torch.inference_mode():
         for config in (lite_config().stage1, lite_config().stage2):
             network = build_network(config).eval()
-            assert torch.equal(predict_logits(network, x), segmentation_logits(network(x)))
+            assert torch.equal(network.predict(x), segmentation_logits(network(x)))
 
 
 def test_res2net50_matches_published_architecture() -> None:

@@ -36,13 +36,9 @@ def to_channels_last(network: nn.Module) -> nn.Module:
 
 
 def segmentation_logits(output) -> torch.Tensor:
-    """The prediction of either network: R2UNet's logits or E2Net's fused s2."""
+    """The prediction in a network's training output: R2UNet's logits or E2Net's fused s2 (inference calls
+    `network.predict`, which skips what only training reads)."""
     return output.s2 if isinstance(output, E2NetOutput) else output
-
-
-def predict_logits(network: nn.Module, batch: torch.Tensor) -> torch.Tensor:
-    """`segmentation_logits(network(batch))` without what only training reads (E2Net's side heads)."""
-    return network.predict(batch) if isinstance(network, E2Net) else network(batch)
 
 
 __all__ = [
@@ -53,7 +49,6 @@ __all__ = [
     "UNet3D",
     "build_network",
     "channels_last",
-    "predict_logits",
     "segmentation_logits",
     "to_channels_last",
 ]

@@ -103,6 +103,6 @@ class E2Net(nn.Module):
         )
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """The fused logits s2 alone: the side heads (s1, edge) feed only training's losses, and their
-        full-size upsampling is ~10 % of an inference forward on the CPU."""
+        """The prediction logits, the fused s2 alone: the side heads (s1, edge) feed only training's losses, and
+        their full-size upsampling is ~10 % of an inference forward on the CPU."""
         return self.fusion_head(self._decode(x)[2], x.shape[-2:])

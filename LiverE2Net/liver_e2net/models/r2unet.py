@@ -76,3 +76,7 @@ class R2UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.decoder(self.branch(x)), x.shape[-2:])  # (B, out, H, W) logits
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction logits (every network has this; inference calls it)."""
+        return self(x)

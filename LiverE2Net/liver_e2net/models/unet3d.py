@@ -49,3 +49,7 @@ class UNet3D(nn.Module):
             x = F.interpolate(x, size=skip.shape[-3:], mode="trilinear", align_corners=False)
             x = decoder(torch.cat([x, skip], dim=1))
         return self.head(x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction logits (every network has this; inference calls it)."""
+        return self(x)
