@@ -13,7 +13,9 @@ from liver_e2net.postprocessing import (
     TUMOR_EXTENT,
     TUMOR_SEED,
     compose_label,
+    dilate_faces,
     fill_holes_per_slice,
+    grow_liver,
     tumor_mask,
 )
 
@@ -127,6 +129,44 @@ def test_a_tumor_grows_from_its_seed_over_its_halo_and_a_halo_alone_is_no_tumor(
     mask = tumor_mask(probability)
     assert mask[:, 2:9, 2:9].all() and mask.sum() == 3 * 7 * 7
     assert not mask[:, 12:18, 12:18].any() and not mask[1, 10, 2]
+
+
+def test_the_liver_grows_into_liver_like_neighbours_only_and_tumors_stay() -> None:
+    hu = np.full((9, 30, 30), -80, np.int16)  # fat around the organ
+    label = np.zeros(hu.shape, np.uint8)
+    label[2:7, 5:15, 5:15] = 1
+    hu[2:7, 5:15, 5:15] = np.linspace(40, 139, 500).reshape(5, 10, 10)  # liver: 40-139 HU
+    label[4, 8:10, 8:10] = 2
+    hu[4, 8:10, 8:10] = 20  # a tumor darker than the liver
+    hu[2:7, 15:25, 5:15] = 90  # liver-like tissue beside the drawn edge, 10 voxels wide
+    hu[2:7, 5:15, 0:5] = 300  # bright tissue (contrast, bone) on the other side
+    hu[7:9, 5:15, 5:15] = 90  # liver-like tissue above the drawn liver: never grown into (heart above the dome)
+    grown = grow_liver(label, hu, (1.0, 1.0), reach_mm=2.5)  # 2 steps along y and x
+    added = (grown == 1) & (label == 0)
+    assert added[2:7, 15:25, 5:15].sum() == 5 * 10 * 2  # one voxel layer per step, no further
+    assert added.sum() == 5 * 10 * 2  # not into fat, the bright side or the slices above
+    assert ((grown == 2) == (label == 2)).all()
+    np.testing.assert_array_equal(grow_liver(label, hu, (3.0, 3.0), reach_mm=2.5), label)  # pixels past the reach
+    assert not grow_liver(np.zeros_like(label), hu, (1.0, 1.0)).any()  # no liver: nothing to grow
+
+
+def test_the_bundled_model_grows_its_liver_in_plane_and_the_filter_view_does_not(sample_ct: sitk.Image) -> None:
+    segmenter = Segmenter(device="cpu", threads=1)
+    grown = segmenter.segment(sample_ct).label
+    drawn = segmenter.segment(sample_ct, grow=False).label  # as the FP filter and its training candidates see it
+    added = (grown == 1) & (drawn == 0)
+    assert added.any() and ((grown >= 1) | ~(drawn >= 1)).all()  # grows, never shrinks
+    np.testing.assert_array_equal(grown == 2, drawn == 2)
+    has_liver = (drawn >= 1).any(axis=(1, 2))
+    assert not added[~has_liver].any()  # never onto a slice without liver
+
+
+def test_face_dilation_equals_scipys() -> None:
+    from scipy import ndimage
+
+    mask = np.random.default_rng(2).random((7, 11, 13)) < 0.05
+    cross = ndimage.generate_binary_structure(3, 1)
+    np.testing.assert_array_equal(dilate_faces(mask), ndimage.binary_dilation(mask, cross))
 
 
 def test_test_time_fusion_stays_a_probability_and_changes_the_answer(sample_ct: sitk.Image) -> None:

@@ -26,6 +26,7 @@ from .postprocessing import (
     LIVER_THRESHOLD,
     compose_label,
     demote_bright_tumors,
+    grow_liver,
     largest_component,
     tumor_mask,
 )
@@ -160,7 +161,10 @@ class Segmenter:
         probabilities: bool = False,
         min_lesion_ml: float = 0.05,
         progress: Reporter = null_reporter,
+        grow: bool = True,
     ) -> SegmentationResult:
+        """`grow`: the liver's last in-plane growth (grow_liver); off for the FP filter's training candidates,
+        since the filter judges the liver as drawn before it grows."""
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         volume, record = to_network_frame(image)
@@ -200,6 +204,8 @@ class Segmenter:
                     volume.spacing,
                     self.fp_filter,
                 )
+            if grow:
+                label[box.slices] = grow_liver(label[box.slices], volume.array[box.slices], volume.spacing[1::-1])
             if not label.any():
                 warnings.append("no liver found in this CT: the liver segment is empty")
             if probability_map is not None:  # written in the box only: the rest stays untouched zero pages

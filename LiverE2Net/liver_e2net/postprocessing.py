@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cc3d
 import numpy as np
 from scipy import ndimage
@@ -107,6 +109,46 @@ def compose_label(
     if tumor is not None:
         tumor = remove_small_components(tumor & liver, int(np.ceil(min_lesion_ml / voxel_ml)))
         label[tumor] = 2
+    return label
+
+
+# Held-out livers are drawn short, by confident misses (see LIVER_THRESHOLD) that mostly sit within a few voxels of
+# the drawn edge and look like liver. Growing the liver in-plane by up to 3.1 mm into face-adjacent voxels whose HU
+# lies within the drawn liver's own 5-95 % range raised case06's held-out liver Dice 0.919 -> 0.926 (case02 0.9690
+# -> 0.9684; a uniform dilation lowered both). Never along z: voxel steps climbed from the dome into the heart on a
+# 5 mm CT, and a bound in mm still added whole slices on a 1.6 mm one (2026-12-03, session 13).
+LIVER_GROWTH_MM = 3.1
+
+
+def dilate_faces(mask: np.ndarray, axes: Sequence[int] | None = None) -> np.ndarray:
+    """One binary dilation by the face-connected cross along `axes` (all by default): as ndimage.binary_dilation
+    with generate_binary_structure(mask.ndim, 1), by shifted ORs, 10x faster on a liver box."""
+    grown = mask.copy()
+    for axis in range(mask.ndim) if axes is None else axes:
+        low = tuple(slice(0, -1) if a == axis else slice(None) for a in range(mask.ndim))
+        high = tuple(slice(1, None) if a == axis else slice(None) for a in range(mask.ndim))
+        grown[low] |= mask[high]
+        grown[high] |= mask[low]
+    return grown
+
+
+def grow_liver(
+    label: np.ndarray, hu: np.ndarray, pixel_mm: Sequence[float], reach_mm: float = LIVER_GROWTH_MM
+) -> np.ndarray:
+    """[z, y, x] {0, 1, 2} label -> the same with its liver grown within each axial slice into face-adjacent
+    background voxels whose HU lies within the 5-95 % range of the drawn liver's (tumor-free) HU, by
+    floor(reach_mm / pixel size) steps along y and x (`pixel_mm`: y, x). Tumors are left as they are."""
+    steps = [int(np.floor(reach_mm / s)) for s in pixel_mm]
+    liver_hu = hu[label == 1]
+    if not liver_hu.size or max(steps) < 1:
+        return label
+    low, high = np.quantile(liver_hu, [0.05, 0.95])
+    liver_like = (hu >= low) & (hu <= high)
+    organ = grown = label >= 1
+    for step in range(max(steps)):
+        grown = grown | (dilate_faces(grown, [1 + a for a, n in enumerate(steps) if n > step]) & liver_like)
+    label = label.copy()
+    label[grown & ~organ] = 1
     return label
 
 

@@ -79,7 +79,7 @@ def collect_candidates(
                 except UserInputError as error:  # a liver too small or crowded: use the case as it is
                     log.warning("%s: no synthetic tumors (%s)", source.name, error)
                     break
-            result = segmenter.segment(dataclasses.replace(volume, array=ct).to_image(), probabilities=True)
+            result = segmenter.segment(dataclasses.replace(volume, array=ct).to_image(), probabilities=True, grow=False)
             features, is_true = labelled_candidates(
                 result.label, label, ct, result.probabilities[1], volume.spacing
             )
