@@ -43,6 +43,21 @@ def test_export_combines_stages_in_half_precision(tmp_path, capsys) -> None:
     assert (tmp_path / "m.pt").stat().st_size < 0.6 * first.stat().st_size
 
 
+def test_re_exporting_one_file_keeps_its_record_instead_of_nesting_it_again(tmp_path, capsys) -> None:
+    first = save_checkpoint(random_checkpoint(lite_config(), seed=1, name="run-a"), tmp_path / "a.pt")
+    second = save_checkpoint(random_checkpoint(lite_config(), seed=2, name="run-b"), tmp_path / "b.pt")
+    combined = tmp_path / "m.pt"
+    assert main(["export-model", "--stage1", str(first), "--stage2", str(second), "-o", str(combined)]) == 0
+    record = load_checkpoint(combined).metadata
+    assert record["stage1_training"]["name"] == "run-a" and record["stage2_training"]["name"] == "run-b"
+    again = tmp_path / "m2.pt"
+    assert main(["export-model", "--stage1", str(combined), "-o", str(again), "--name", "renamed"]) == 0
+    renamed = load_checkpoint(again).metadata
+    assert renamed["name"] == "renamed"
+    assert renamed["stage1_training"] == record["stage1_training"]  # the same history, not one level deeper
+    assert renamed["stage2_training"] == record["stage2_training"]
+
+
 def test_export_refuses_stages_of_different_configs(tmp_path, capsys) -> None:
     other = dataclasses.replace(
         lite_config(), stage2=dataclasses.replace(lite_config().stage2, decoder_channels=8)

@@ -81,7 +81,13 @@ def run(args: argparse.Namespace) -> int:
             f"{args.stage1} ({first.config.name} config) and {args.stage2} ({second.config.name} config) "
             "hold different model configs; export stages of the same config"
         )
-    metadata = {**first.metadata, "stage1_training": first.metadata, "stage2_training": second.metadata}
+    # Two files: each one's record nests under its stage. One file (a settings or figures update): its record already
+    # holds its stages' history, and nesting it again would double the record at every re-export.
+    metadata = (
+        {**first.metadata, "stage1_training": first.metadata, "stage2_training": second.metadata}
+        if args.stage2
+        else dict(first.metadata)
+    )
     for key in ("validation_dice", "synthetic_tumors", "training_cases", "validation_cases"):
         if key in second.metadata:
             metadata[key] = second.metadata[key]
