@@ -58,6 +58,25 @@ def test_re_exporting_one_file_keeps_its_record_instead_of_nesting_it_again(tmp_
     assert renamed["stage2_training"] == record["stage2_training"]
 
 
+
+def test_exporting_an_export_nests_only_each_stages_own_history(tmp_path, capsys) -> None:
+    stage1_run = save_checkpoint(random_checkpoint(lite_config(), seed=1, name="run-a"), tmp_path / "a.pt")
+    model = tmp_path / "m0.pt"
+    assert main(["export-model", "--stage1", str(stage1_run), "--stage2", str(stage1_run), "-o", str(model)]) == 0
+    sizes = []
+    for round_ in range(1, 6):  # a fine-tuning chain: each round's new stage 2 over the previous model's stage 1
+        run = save_checkpoint(random_checkpoint(lite_config(), seed=round_, name=f"s2-{round_}"), tmp_path / "r.pt")
+        exported = tmp_path / f"m{round_}.pt"
+        assert main(["export-model", "--stage1", str(model), "--stage2", str(run), "-o", str(exported)]) == 0
+        record = load_checkpoint(exported).metadata
+        assert record["stage1_training"]["name"] == "run-a"  # stage 1's history, however many exports ago
+        assert record["stage2_training"]["name"] == f"s2-{round_}"
+        assert "stage1_training" not in record["stage1_training"]
+        sizes.append(len(repr(record)))
+        model = exported
+    assert max(sizes) < 1.2 * min(sizes)  # it stays the same size; whole records nested doubled it each round
+
+
 def test_export_refuses_stages_of_different_configs(tmp_path, capsys) -> None:
     other = dataclasses.replace(
         lite_config(), stage2=dataclasses.replace(lite_config().stage2, decoder_channels=8)

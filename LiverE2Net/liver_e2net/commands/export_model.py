@@ -81,10 +81,11 @@ def run(args: argparse.Namespace) -> int:
             f"{args.stage1} ({first.config.name} config) and {args.stage2} ({second.config.name} config) "
             "hold different model configs; export stages of the same config"
         )
-    # Two files: each one's record nests under its stage. One file (a settings or figures update): its record already
-    # holds its stages' history, and nesting it again would double the record at every re-export.
+    # Two files: each stage's own history nests under its stage. One file (a settings or figures update): its record
+    # already holds its stages' history, and nesting it again would double the record at every re-export.
     metadata = (
-        {**first.metadata, "stage1_training": first.metadata, "stage2_training": second.metadata}
+        {**first.metadata, "stage1_training": stage_record(first.metadata, 1),
+         "stage2_training": stage_record(second.metadata, 2)}  # fmt: skip
         if args.stage2
         else dict(first.metadata)
     )
@@ -161,3 +162,10 @@ def held_out_rows(path: Path) -> list[dict]:
         raise UserInputError(
             f"--held-out {path}: not an evaluation.json written by `liver-e2net evaluate` ({error})"
         ) from None
+
+
+def stage_record(metadata: dict, stage: int) -> dict:
+    """How one stage's weights were trained: an exported file's record of that stage, or a training run's whole
+    record. Nesting a whole exported record instead copied its other stage's history too, so the record doubled at
+    every export (0.8 MB of the 2.6 MB bundled lite by 2026-12-03)."""
+    return metadata.get(f"stage{stage}_training", metadata)
