@@ -165,7 +165,8 @@ def held_out_rows(path: Path) -> list[dict]:
 
 
 def stage_record(metadata: dict, stage: int) -> dict:
-    """How one stage's weights were trained: an exported file's record of that stage, or a training run's whole
-    record. Nesting a whole exported record instead copied its other stage's history too, so the record doubled at
-    every export (0.8 MB of the 2.6 MB bundled lite by 2026-12-03)."""
-    return metadata.get(f"stage{stage}_training", metadata)
+    """The record of the training run that made one stage's weights, however many exports ago. Nesting whole
+    exported records instead copied every earlier export twice, so the record doubled at each export (0.8 MB of
+    the 2.6 MB bundled lite by 2026-12-03)."""
+    nested = metadata.get(f"stage{stage}_training")
+    return metadata if nested is None else stage_record(nested, stage)
