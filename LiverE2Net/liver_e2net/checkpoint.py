@@ -73,7 +73,7 @@ class Checkpoint:
         if self.fp_filter is not None:
             parts.append("tumor false-positive filter")
         if self.config.preprocessing.best_is_fast:
-            parts.append("Best = Fast (its multiscale fusion did not help it held out)")
+            parts.append("Best = Fast (its multiscale fusion did not hold up on held-out CT)")
         return " | ".join(parts)
 
 

@@ -95,11 +95,11 @@ def flip_warning(checkpoint: Checkpoint) -> str | None:
 
 
 def single_scale_warning(config: ModelConfig, tta: TestTimeAugmentation) -> str | None:
-    """Why --tta multiscale changes nothing: the model carries one scale, as its fusion did not help it held out."""
+    """Why --tta multiscale changes nothing: the model carries one scale, as its fusion did not hold up held out."""
     if tta.scales is not None or not config.preprocessing.best_is_fast:
         return None
     return (
-        "this model's multiscale fusion did not help it on held-out CT, so it runs one pass: Best equals Fast "
+        "this model's multiscale fusion did not hold up on held-out CT, so it runs one pass: Best equals Fast "
         "(--tta-scales 0.875 1 forces a fusion)"
     )
 

@@ -66,7 +66,7 @@ def add_segmenter_arguments(
         nargs="+",
         metavar="S",
         help="scales for --tta multiscale, each 0.5-2 (default: the model's own, shown by `info`; 0.875 1 unless "
-        "its fusion did not help it held out; the stage-2 input rounds to steps of 0.125)",
+        "its fusion did not hold up on held-out CT; the stage-2 input rounds to steps of 0.125)",
     )
     parser.add_argument(
         "--stl",
