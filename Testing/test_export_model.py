@@ -58,7 +58,6 @@ def test_re_exporting_one_file_keeps_its_record_instead_of_nesting_it_again(tmp_
     assert renamed["stage2_training"] == record["stage2_training"]
 
 
-
 def test_exporting_an_export_nests_only_each_stages_own_history(tmp_path, capsys) -> None:
     stage1_run = save_checkpoint(random_checkpoint(lite_config(), seed=1, name="run-a"), tmp_path / "a.pt")
     model = tmp_path / "m0.pt"

@@ -25,7 +25,7 @@ class Device(enum.Enum):
 
 class Accuracy(enum.Enum):
     """Member names are the panel's labels; values are the CLI's --tta. Best fuses stage 2 at the model's own scales
-    (most: 0.875 and 1, about 2x the stage-2 time; one whose fusion did not hold up held out carries one, so its
+    (most: 0.875 and 1, about 2x the stage-2 time; one whose fusion did not hold up on held-out CT carries one, so its
     Best is its Fast). No flip: the bundled model never saw mirrored anatomy, and flip fusion made it worse (liver
     -11 % on the sample CT)."""
 
