@@ -95,7 +95,7 @@ def flip_warning(checkpoint: Checkpoint) -> str | None:
 
 
 def single_scale_warning(config: ModelConfig, tta: TestTimeAugmentation) -> str | None:
-    """Why --tta multiscale changes nothing: the model carries one scale, as its fusion did not hold up on held-out CT."""
+    """Why --tta multiscale changes nothing: the model carries one scale (fusion did not hold up on held-out CT)."""
     if tta.scales is not None or not config.preprocessing.best_is_fast:
         return None
     return (
