@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -194,6 +195,18 @@ def test_filter_round_trip_with_weights_only_loading(tmp_path: Path, scene) -> N
     assert loaded.fp_filter.model_fingerprint == weights_fingerprint(loaded.stage2)
 
 
+def test_a_filter_keeps_the_lesion_size_it_was_trained_at(tmp_path: Path) -> None:
+    checkpoint = checkpoint_with_filter()
+    checkpoint.fp_filter = dataclasses.replace(checkpoint.fp_filter, min_lesion_ml=0.01)
+    path = save_checkpoint(checkpoint, tmp_path / "model.pt")
+    assert load_checkpoint(path).fp_filter.min_lesion_ml == 0.01
+    older = checkpoint.fp_filter.to_payload()
+    del older["min_lesion_ml"]  # filters written before the size was stored were all trained at 0.05
+    assert FalsePositiveFilter.from_payload(older, "old.pt").min_lesion_ml == 0.05
+    with pytest.raises(UserInputError, match="old.pt: its false-positive filter is damaged"):
+        FalsePositiveFilter.from_payload({**older, "min_lesion_ml": -1.0}, "old.pt")
+
+
 def test_a_pickled_object_in_the_filter_is_never_executed(tmp_path: Path) -> None:
     class Payload:
         def __reduce__(self):
@@ -318,7 +331,9 @@ def test_train_fp_filter_end_to_end_then_segment_with_it(tmp_path: Path, capsys,
     out = tmp_path / "filtered.pt"
     command = ["train-fp-filter", "--model", str(model), "--data", str(case_list(tmp_path, [(ct, label)]))]
     command += ["-o", str(out), *"--synthetic-copies 1 --trees 64 --threads 1 --progress none".split()]
-    assert main(command) == 0
+    assert main([*command, "--min-lesion-ml", "nan"]) == 2 and not out.exists()
+    assert "--min-lesion-ml nan" in capsys.readouterr().err
+    assert main([*command, "--min-lesion-ml", "0.01"]) == 0
     printed = capsys.readouterr().out
     assert "true" in printed and "cross-validated accuracy" in printed and str(out) in printed
     checkpoint = load_checkpoint(out)
@@ -327,14 +342,19 @@ def test_train_fp_filter_end_to_end_then_segment_with_it(tmp_path: Path, capsys,
     assert training["cases"] == ["case02"] and training["synthetic_copies"] == 1
     assert checkpoint.fp_filter.model_fingerprint == weights_fingerprint(load_checkpoint(model).stage2)
     assert "held_out" not in checkpoint.metadata  # measured without this filter, so no longer this model's
+    assert checkpoint.fp_filter.min_lesion_ml == 0.01  # the size its candidates were drawn at
+    assert main(["info", "--model", str(out)]) == 0
+    assert "tumors under 0.01 ml dropped" in capsys.readouterr().out
 
     report = tmp_path / "report.json"
     segment = ["segment", str(ct), "-o", str(tmp_path / "seg.nii.gz"), "--model", str(out), "--threads", "1"]
     assert main([*segment, "--report", str(report), "--progress", "none"]) == 0  # auto: the filter is used
-    used = json.loads(report.read_text())["false_positive_filter"]
-    assert used["used"] and used["rejected_candidates"] >= 1
+    used = json.loads(report.read_text())
+    assert used["false_positive_filter"]["used"] and used["false_positive_filter"]["rejected_candidates"] >= 1
+    assert used["min_lesion_ml"] == 0.01  # the filter runs at the size it was trained at
     assert main([*segment, "--report", str(report), "--fp-filter", "off", "--progress", "none"]) == 0
-    assert json.loads(report.read_text())["false_positive_filter"] == {
-        "used": False,
-        "rejected_candidates": 0,
-    }
+    unfiltered = json.loads(report.read_text())
+    assert unfiltered["false_positive_filter"] == {"used": False, "rejected_candidates": 0}
+    assert unfiltered["min_lesion_ml"] == 0.05  # without it, the default
+    assert main([*segment, "--report", str(report), "--min-lesion-ml", "0.2", "--progress", "none"]) == 0
+    assert json.loads(report.read_text())["min_lesion_ml"] == 0.2  # the user's size wins

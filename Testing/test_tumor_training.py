@@ -40,6 +40,34 @@ def test_tumor_pos_weight_raises_the_loss_of_a_missed_tumor_only():
     assert float(perfect_weighted) == pytest.approx(float(perfect_plain), abs=0.01)
 
 
+def test_lesion_loss_counts_a_missed_small_lesion_as_much_as_a_large_one():
+    masks = torch.zeros(1, 2, 64, 64)
+    masks[:, 0, 4:60, 4:60] = 1
+    masks[:, 1, 10:40, 10:40] = 1  # a 30-pixel lesion
+    masks[:, 1, 50:53, 50:53] = 1  # and a 3-pixel one
+    found_both = torch.where(masks > 0, 20.0, -20.0)
+    missed_small = found_both.clone()
+    missed_small[:, 1, 50:53, 50:53] = -20.0
+    edges = torch.zeros_like(masks)
+
+    def loss(logits, weight):
+        return float(stage2_loss(E2NetOutput(logits, logits, logits), masks, edges, lesion_loss_weight=weight)[0])
+
+    # The paper's per-image IoU barely notices the small miss (9 of 909 tumor pixels) ...
+    assert loss(missed_small, 0) - loss(found_both, 0) < 0.05
+    # ... the lesion-wise loss scores it as one of two lesions missed (IoU 1/10 with the smoothing), per head.
+    assert loss(missed_small, 1) - loss(found_both, 1) == pytest.approx(2 * 0.5 * 9 / 10, abs=0.05)
+    # Nothing changes on images without tumors.
+    masks[:, 1] = 0
+    no_tumor = torch.where(masks > 0, 8.0, -8.0)
+    assert loss(no_tumor, 1) == pytest.approx(loss(no_tumor, 0))
+
+
+def test_a_negative_lesion_loss_weight_is_refused():
+    with pytest.raises(UserInputError, match="--lesion-loss-weight -1"):
+        TrainConfig(lesion_loss_weight=-1.0)
+
+
 def _liver_only_case(name: str, seed: int = 0) -> TrainingCase:
     shape = (24, 96, 96)
     z, y, x = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")

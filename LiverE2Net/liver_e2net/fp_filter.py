@@ -8,6 +8,7 @@ never runs code; prediction is numpy, and scikit-learn is needed only to train.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from scipy import ndimage
 
 from .errors import UserInputError
 from .extras import require
-from .postprocessing import label_components
+from .postprocessing import DEFAULT_MIN_LESION_ML, label_components
 from .protocol import FP_FILTER_MODES
 
 FEATURE_NAMES = (
@@ -250,6 +251,9 @@ class FalsePositiveFilter:
     feature_names: tuple[str, ...] = FEATURE_NAMES
     decision_threshold: float = 0.5  # keep a candidate whose true-positive probability is at least this
     training: dict[str, Any] = field(default_factory=dict)  # plain JSON-like data: cases, counts, accuracy
+    # The minimum lesion size of the candidates it was trained on, and so the size `segment` drops smaller tumors
+    # at while this filter runs: the forest has seen no smaller one. Filters before this field were trained at 0.05.
+    min_lesion_ml: float = DEFAULT_MIN_LESION_ML
 
     def keep(self, features: np.ndarray) -> np.ndarray:
         return self.ensemble.predict_proba(features)[:, 1] >= self.decision_threshold
@@ -267,6 +271,7 @@ class FalsePositiveFilter:
             "decision_threshold": float(self.decision_threshold),
             "model_fingerprint": str(self.model_fingerprint),
             "training": _plain(self.training),
+            "min_lesion_ml": float(self.min_lesion_ml),
         }
 
     @classmethod
@@ -293,12 +298,15 @@ class FalsePositiveFilter:
                 raise ValueError(f"a tree splits on feature {ensemble.features - 1} of {len(FEATURE_NAMES)}")
             threshold = float(payload["decision_threshold"])
             fingerprint = str(payload["model_fingerprint"])
+            min_lesion_ml = float(payload.get("min_lesion_ml", DEFAULT_MIN_LESION_ML))
+            if not (math.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
+                raise ValueError(f"minimum lesion size {min_lesion_ml} ml")
         except (KeyError, TypeError, ValueError) as error:
             raise UserInputError(
                 f"{source}: its false-positive filter is damaged ({error}); retrain it with "
                 "liver-e2net train-fp-filter"
             ) from error
-        return cls(ensemble, fingerprint, names, threshold, dict(payload.get("training") or {}))
+        return cls(ensemble, fingerprint, names, threshold, dict(payload.get("training") or {}), min_lesion_ml)
 
 
 def _plain(value: Any) -> Any:

@@ -165,7 +165,7 @@ def check_numbers(
     threads: int | None = None,
     tta_scales: Iterable[float] = (),
     smoothing: float = 1.0,
-    min_lesion_ml: float = 0.0,
+    min_lesion_ml: float | None = None,
 ) -> None:
     """Refuses numeric options that would crash, hang or exhaust memory after minutes of work."""
     if threads is not None and threads < 1:
@@ -177,7 +177,7 @@ def check_numbers(
             )
     if not 0 <= smoothing <= MAX_SMOOTHING_MM:
         raise UserInputError(f"--smoothing {smoothing}: give 0-{MAX_SMOOTHING_MM:g} mm")
-    if not (math.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
+    if min_lesion_ml is not None and not (math.isfinite(min_lesion_ml) and min_lesion_ml >= 0):
         raise UserInputError(f"--min-lesion-ml {min_lesion_ml}: give a volume >= 0 ml")
 
 
@@ -500,6 +500,7 @@ def report_fields(
             "used": result.rejected_candidates is not None,
             "rejected_candidates": result.rejected_candidates or 0,
         },
+        "min_lesion_ml": result.min_lesion_ml,
         "warnings": case_warnings(ct, result),
         "liver_e2net": __version__,
     }

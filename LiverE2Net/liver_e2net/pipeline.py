@@ -23,6 +23,7 @@ from .io import Volume
 from .models import channels_last, to_channels_last
 from .models.fusion import fuse_batchnorm
 from .postprocessing import (
+    DEFAULT_MIN_LESION_ML,
     LIVER_THRESHOLD,
     compose_label,
     demote_bright_tumors,
@@ -112,6 +113,7 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     rejected_candidates: int | None = None  # tumors removed by the false-positive filter; None: no filter
     probability_box: tuple[slice, ...] | None = None  # [z, y, x] slices outside which the probabilities are 0
+    min_lesion_ml: float = DEFAULT_MIN_LESION_ML  # tumor components smaller than this were dropped
 
 
 class Segmenter:
@@ -152,6 +154,8 @@ class Segmenter:
         self.tta_warnings = [w for w in (flip_warning(self.checkpoint) if tta.flip else None,
                                          single_scale_warning(self.config, tta)) if w]  # fmt: skip
         self.stage2_sizes = self.tta.sizes(self.config.preprocessing.stage2_size)
+        # A filter runs at the size it was trained at; without one (or with it off), the default.
+        self.min_lesion_ml = self.fp_filter.min_lesion_ml if self.fp_filter is not None else DEFAULT_MIN_LESION_ML
 
     @torch.inference_mode()
     def segment(
@@ -159,12 +163,14 @@ class Segmenter:
         image: sitk.Image,
         tumors: bool = True,
         probabilities: bool = False,
-        min_lesion_ml: float = 0.05,
+        min_lesion_ml: float | None = None,
         progress: Reporter = null_reporter,
         grow: bool = True,
     ) -> SegmentationResult:
         """`grow`: the liver's last in-plane growth (grow_liver); off for the FP filter's training candidates,
-        since the filter judges the liver as drawn before it grows."""
+        since the filter judges the liver as drawn before it grows. `min_lesion_ml` None: the model's own."""
+        if min_lesion_ml is None:
+            min_lesion_ml = self.min_lesion_ml
         seconds: dict[str, float] = {}
         start = time.perf_counter()
         volume, record = to_network_frame(image)
@@ -215,7 +221,9 @@ class Segmenter:
             seconds["postprocess"] = time.perf_counter() - mark
         label = from_network_frame(label, volume, record)
         seconds["total"] = time.perf_counter() - start
-        return SegmentationResult(label, probability_map, seconds, warnings, rejected, probability_box)
+        return SegmentationResult(
+            label, probability_map, seconds, warnings, rejected, probability_box, min_lesion_ml
+        )
 
     def _run(self, network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
         batch = channels_last(batch)

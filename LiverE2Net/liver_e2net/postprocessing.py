@@ -100,6 +100,11 @@ def tumor_mask(probability: np.ndarray) -> np.ndarray:
     return seeded[components]
 
 
+# Tumor components smaller than this are dropped, unless the model says otherwise: a false-positive filter stores
+# the size its candidates were drawn at (FalsePositiveFilter.min_lesion_ml), and runs at that size.
+DEFAULT_MIN_LESION_ML = 0.05
+
+
 def compose_label(
     liver: np.ndarray, tumor: np.ndarray | None, voxel_ml: float, min_lesion_ml: float = 0.0
 ) -> np.ndarray:

@@ -50,7 +50,7 @@ class BatchOptions:
 
     formats: tuple[str, ...] = ("nifti",)
     tumors: bool = True
-    min_lesion_ml: float = 0.05
+    min_lesion_ml: float | None = None  # None: the model's own (segment --min-lesion-ml)
     probabilities: bool = False
     stl: bool = False
     smoothing: float = 1.0

@@ -21,6 +21,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import default_model_path, load_checkpoint
     from ..devices import autocast_dtype, available_cores, cuda_status, resolve_device
+    from ..postprocessing import DEFAULT_MIN_LESION_ML
 
     device = resolve_device(args.device)
     path = args.model or default_model_path()
@@ -74,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
         f"input     HU window {list(prep.hu_window)}, stage 1 at {prep.stage1_pixel_mm} {unit}, stage 2 at "
         f"{prep.stage2_size}x{prep.stage2_size} liver crops, {_context(prep.context_slices)}"
     )
+    fp_filter = checkpoint.fp_filter
+    size = fp_filter.min_lesion_ml if fp_filter is not None else DEFAULT_MIN_LESION_ML
+    why = "the size its false-positive filter was trained at" if fp_filter is not None else "no filter: the default"
+    print(f"lesions   tumors under {size:g} ml dropped ({why})")
     return 0
 
 

@@ -50,7 +50,10 @@ def add_segmenter_arguments(
     )
     parser.add_argument("--no-tumors", dest="tumors", action="store_false", help="liver only")
     parser.add_argument(
-        "--min-lesion-ml", type=float, default=0.05, help="drop tumor components smaller than this (ml)"
+        "--min-lesion-ml",
+        type=float,
+        help="drop tumor components smaller than this (ml; default: the size the model's false-positive filter "
+        "was trained at, else 0.05)",
     )
     add_fp_filter_argument(parser)
     parser.add_argument(

@@ -29,6 +29,7 @@ CONFIG_OPTIONS = (
     "synthetic_kind_weights",
     "synthetic_border_probability",
     "tumor_pos_weight",
+    "lesion_loss_weight",
     "stages",
     "seed",
     "bn_calibration_samples",
@@ -124,6 +125,13 @@ def register(subparsers) -> None:
         metavar="W",
         help="weight of tumor pixels in the BCE loss terms (default 1, the paper's loss; >1 is the weighted "
         "cross-entropy of H-DenseUNet and Chlebus et al. against the tumor/background imbalance)",
+    )
+    optimisation.add_argument(
+        "--lesion-loss-weight",
+        type=float,
+        metavar="W",
+        help="weight of a lesion-wise IoU loss that scores each tumor on its own, so that small ones count as "
+        "much as large ones (default 0, the paper's loss)",
     )
     optimisation.add_argument(
         "--acquisition-augmentation",

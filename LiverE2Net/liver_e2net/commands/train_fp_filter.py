@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import UserInputError
+from ..outputs import check_numbers
+from ..postprocessing import DEFAULT_MIN_LESION_ML
 from ..progress import add_progress_argument, make_reporter
 from . import add_data_arguments
 from .segment import check_writable
@@ -35,6 +37,14 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trees", type=int, default=256, help="random forest size (default 256, as the paper)"
     )
+    parser.add_argument(
+        "--min-lesion-ml",
+        type=float,
+        default=DEFAULT_MIN_LESION_ML,
+        metavar="ML",
+        help="draw candidates of at least this size; `segment` then drops smaller tumors while the filter runs "
+        f"(default {DEFAULT_MIN_LESION_ML})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic tumors and the forest")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, help="CPU threads (default: all available cores)")
@@ -51,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.synthetic_copies < 0 or args.trees < 1:
         raise UserInputError("--synthetic-copies must be >= 0 and --trees >= 1")
+    check_numbers(args.threads, min_lesion_ml=args.min_lesion_ml)
     check_writable([args.output], None)
     if Path(args.output).is_dir():
         raise UserInputError(f"-o {args.output} is a folder; give a model file name such as model_fp.pt")
@@ -62,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     segmenter = Segmenter(checkpoint, device=args.device, threads=args.threads, fp_filter="off")
     progress = make_reporter(args.progress)
     try:
-        candidates = collect_candidates(segmenter, sources, args.synthetic_copies, args.seed, progress)
+        candidates = collect_candidates(
+            segmenter, sources, args.synthetic_copies, args.seed, progress, args.min_lesion_ml
+        )
     finally:
         if hasattr(progress, "close"):
             progress.close()
@@ -83,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             **accuracy,
             "liver_e2net": __version__,
         },
+        min_lesion_ml=args.min_lesion_ml,
     )
     kept = fp_filter.keep(candidates.features)
     # A new filter changes the model's output: held-out figures measured without it no longer describe it.

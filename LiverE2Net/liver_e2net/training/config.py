@@ -7,6 +7,7 @@ are not part of it, so a run resumed on another machine keeps its config.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,6 +79,7 @@ class TrainConfig:
     # real livers; the generator keeps a 3 mm margin otherwise).
     synthetic_border_probability: float = 0.0
     tumor_pos_weight: float = 1.0  # weight of tumor pixels in the BCE terms; 1 = the paper's loss
+    lesion_loss_weight: float = 0.0  # weight of the lesion-wise IoU loss (training/losses.py); 0 = the paper's loss
     # Validation cases without tumors get synthetic ones. True (every new run): the same tumors whatever --seed and
     # --synthetic-size-weights, so runs on the same validation cases are scored alike and can be compared; False:
     # drawn with the run's seed and size weights, as runs made before this field existed did.
@@ -128,6 +130,10 @@ class TrainConfig:
                 f"--synthetic-border-probability {self.synthetic_border_probability}: a probability in [0, 1]",
             ),
             (self.tumor_pos_weight > 0, f"--tumor-pos-weight {self.tumor_pos_weight}: must be > 0"),
+            (
+                math.isfinite(self.lesion_loss_weight) and self.lesion_loss_weight >= 0,
+                f"--lesion-loss-weight {self.lesion_loss_weight}: use 0 (off) or a weight > 0, e.g. 1",
+            ),
             (self.bn_calibration_samples >= 0, "bn_calibration_samples must be >= 0"),
             (0 <= self.ema_decay < 1, f"--ema-decay {self.ema_decay}: use 0 (off) or a value in (0, 1), e.g. 0.99"),
             (

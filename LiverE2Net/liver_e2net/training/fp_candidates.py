@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UserInputError
 from ..fp_filter import FEATURE_NAMES, candidate_features
 from ..metrics import TUMOR_LABEL, chlebus_detection, label_components
+from ..postprocessing import DEFAULT_MIN_LESION_ML
 from ..progress import Reporter, null_reporter
 from .cases import read_case
 from .sources import CaseSource
@@ -59,6 +60,7 @@ def collect_candidates(
     synthetic_copies: int,
     seed: int = 0,
     progress: Reporter = null_reporter,
+    min_lesion_ml: float = DEFAULT_MIN_LESION_ML,
 ) -> CandidateSet:
     """Runs `segmenter` (its filter off) on every case and on `synthetic_copies` copies with synthetic tumors."""
     if segmenter.fp_filter is not None:
@@ -79,7 +81,8 @@ def collect_candidates(
                 except UserInputError as error:  # a liver too small or crowded: use the case as it is
                     log.warning("%s: no synthetic tumors (%s)", source.name, error)
                     break
-            result = segmenter.segment(dataclasses.replace(volume, array=ct).to_image(), probabilities=True, grow=False)
+            image = dataclasses.replace(volume, array=ct).to_image()
+            result = segmenter.segment(image, probabilities=True, grow=False, min_lesion_ml=min_lesion_ml)
             features, is_true = labelled_candidates(
                 result.label, label, ct, result.probabilities[1], volume.spacing
             )

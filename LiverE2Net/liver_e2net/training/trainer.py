@@ -309,7 +309,12 @@ class Trainer:
         if stage == 1:
             loss, parts = stage1_loss(output, *targets)
         else:
-            loss, parts = stage2_loss(output, *targets, tumor_pos_weight=self.config.tumor_pos_weight)
+            loss, parts = stage2_loss(
+                output,
+                *targets,
+                tumor_pos_weight=self.config.tumor_pos_weight,
+                lesion_loss_weight=self.config.lesion_loss_weight,
+            )
         if not torch.isfinite(loss) and not scaler.is_enabled():
             raise UserInputError(f"training diverged (loss {loss.item()}) in stage {stage}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
