@@ -326,6 +326,23 @@ def speckled(tmp_path_factory) -> tuple[Path, Path, Path]:
     return model, folder / "case02_ct.nii.gz", folder / "case02_label.nii.gz"
 
 
+def test_phase_copies_add_candidates_and_leave_the_others_as_they_were(speckled) -> None:
+    from liver_e2net.pipeline import Segmenter
+    from liver_e2net.training.fp_candidates import collect_candidates
+    from liver_e2net.training.sources import CasePaths
+
+    model, ct, label = speckled
+    segmenter = Segmenter(model, device="cpu", threads=1, fp_filter="off")
+    sources = [CasePaths("case02", ct, label)]
+    plain = collect_candidates(segmenter, sources, synthetic_copies=1)
+    phased = collect_candidates(segmenter, sources, synthetic_copies=1, phase_copies=1)
+    assert [run["phase"] for run in phased.runs[:2]] == ["portal", "portal"]
+    assert phased.runs[2]["phase"] in ("arterial", "delayed", "unenhanced") and phased.runs[2]["candidates"] > 0
+    before = len(plain.is_true)
+    assert np.array_equal(phased.features[:before], plain.features)  # the recipe's copies are unchanged
+    assert np.array_equal(phased.is_true[:before], plain.is_true)
+
+
 def test_train_fp_filter_end_to_end_then_segment_with_it(tmp_path: Path, capsys, speckled) -> None:
     model, ct, label = speckled
     out = tmp_path / "filtered.pt"

@@ -38,6 +38,14 @@ def register(subparsers) -> None:
         "--trees", type=int, default=256, help="random forest size (default 256, as the paper)"
     )
     parser.add_argument(
+        "--phase-copies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also segment N more such copies of each case, each moved to an arterial, delayed or unenhanced phase "
+        "(default 0)",
+    )
+    parser.add_argument(
         "--min-lesion-ml",
         type=float,
         default=DEFAULT_MIN_LESION_ML,
@@ -59,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.fp_candidates import collect_candidates
     from ..training.sources import check_unique, given_cases
 
-    if args.synthetic_copies < 0 or args.trees < 1:
-        raise UserInputError("--synthetic-copies must be >= 0 and --trees >= 1")
+    if args.synthetic_copies < 0 or args.phase_copies < 0 or args.trees < 1:
+        raise UserInputError("--synthetic-copies and --phase-copies must be >= 0, and --trees >= 1")
     check_numbers(args.threads, min_lesion_ml=args.min_lesion_ml)
     check_writable([args.output], None)
     if Path(args.output).is_dir():
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     progress = make_reporter(args.progress)
     try:
         candidates = collect_candidates(
-            segmenter, sources, args.synthetic_copies, args.seed, progress, args.min_lesion_ml
+            segmenter, sources, args.synthetic_copies, args.seed, progress, args.min_lesion_ml, args.phase_copies
         )
     finally:
         if hasattr(progress, "close"):
@@ -88,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         training={
             "cases": [source.name for source in sources],
             "synthetic_copies": args.synthetic_copies,
+            "phase_copies": args.phase_copies,
             "seed": args.seed,
             "trees": args.trees,
             "candidates": total,

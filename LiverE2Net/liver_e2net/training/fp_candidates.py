@@ -20,6 +20,7 @@ from ..fp_filter import FEATURE_NAMES, candidate_features
 from ..metrics import TUMOR_LABEL, chlebus_detection, label_components
 from ..postprocessing import DEFAULT_MIN_LESION_ML
 from ..progress import Reporter, null_reporter
+from .augment import PHASES, simulate_phase
 from .cases import read_case
 from .sources import CaseSource
 from .synthetic_tumors import insert_tumors
@@ -61,32 +62,39 @@ def collect_candidates(
     seed: int = 0,
     progress: Reporter = null_reporter,
     min_lesion_ml: float = DEFAULT_MIN_LESION_ML,
+    phase_copies: int = 0,
 ) -> CandidateSet:
-    """Runs `segmenter` (its filter off) on every case and on `synthetic_copies` copies with synthetic tumors."""
+    """Runs `segmenter` (its filter off) on every case, on `synthetic_copies` copies with synthetic tumors, and on
+    `phase_copies` more such copies each moved to another contrast phase (arterial, delayed or unenhanced, drawn per
+    copy): the false candidates of other phases are ones a portal-venous training set never shows the filter."""
     if segmenter.fp_filter is not None:
         raise ValueError("collect candidates with the false-positive filter off (Segmenter(fp_filter='off'))")
     candidates = CandidateSet()
-    total = len(sources) * (1 + synthetic_copies)
+    per_case = 1 + synthetic_copies + phase_copies
+    total = len(sources) * per_case
     for index, source in enumerate(sources):
         volume, reference = read_case(source)
         rng = np.random.default_rng([seed, index])
-        for copy in range(1 + synthetic_copies):
-            done = index * (1 + synthetic_copies) + copy
-            what = f"{source.name}" + (f" synthetic copy {copy}" if copy else "")
-            progress("candidates", done / total, what)
+        phase_rng = np.random.default_rng([seed, index, 1])  # its own stream: the other copies stay as they were
+        for copy in range(per_case):
+            phase = str(phase_rng.choice(PHASES[1:])) if copy > synthetic_copies else None
+            what = f"{source.name}" + (f" synthetic copy {copy}" if copy else "") + (f", {phase}" if phase else "")
+            progress("candidates", (index * per_case + copy) / total, what)
             ct, label = volume.array, reference
             if copy:
                 try:
-                    ct, label, _ = insert_tumors(volume.array, reference, volume.spacing, rng)
+                    ct, label, _ = insert_tumors(volume.array, reference, volume.spacing, phase_rng if phase else rng)
                 except UserInputError as error:  # a liver too small or crowded: use the case as it is
                     log.warning("%s: no synthetic tumors (%s)", source.name, error)
                     break
+            if phase:
+                ct = np.round(simulate_phase(ct, label, phase, phase_rng)).astype(volume.array.dtype)
             image = dataclasses.replace(volume, array=ct).to_image()
             result = segmenter.segment(image, probabilities=True, grow=False, min_lesion_ml=min_lesion_ml)
             features, is_true = labelled_candidates(
                 result.label, label, ct, result.probabilities[1], volume.spacing
             )
-            candidates.add(features, is_true, case=source.name, copy=copy)
+            candidates.add(features, is_true, case=source.name, copy=copy, phase=phase or "portal")
             log.info("%s: %d candidates, %d true positives", what, is_true.size, int(is_true.sum()))
     progress("candidates", 1.0, f"{candidates.is_true.size} candidates")
     return candidates
