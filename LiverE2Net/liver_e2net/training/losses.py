@@ -57,19 +57,27 @@ def _channel_pos_weight(tumor_pos_weight: float, like: torch.Tensor) -> torch.Te
     return torch.tensor([1.0, tumor_pos_weight], device=like.device).view(1, 2, 1, 1)
 
 
-def lesion_iou_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def lesion_masks(target: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(B, H, W) {0, 1} tumor targets -> (image index, (N, H, W) one-hot 2D components) of each image with a tumor.
+    Labelled once per batch and shared by the segmentation heads."""
+    masks = []
+    for image, mask in enumerate(target.detach().cpu().numpy() > 0.5):
+        labels, count = ndimage.label(mask)
+        if count:
+            one_hot = labels[None] == np.arange(1, count + 1)[:, None, None]
+            masks.append((image, torch.from_numpy(one_hot).to(target.device, torch.float32)))
+    return masks
+
+
+def lesion_iou_loss(
+    logits: torch.Tensor, target: torch.Tensor, masks: list[tuple[int, torch.Tensor]] | None = None
+) -> torch.Tensor:
     """(B, H, W) tumor logits and {0, 1} targets -> mean over the target's 2D components of 1 - soft IoU, each
     component scored against the prediction with the other components masked out (background stays in, so a
-    false positive lowers every component's score). 0 when no image holds a tumor."""
+    false positive lowers every component's score). 0 when no image holds a tumor. `masks`: lesion_masks(target)."""
     probability = torch.sigmoid(logits.float())
-    components = target.detach().cpu().numpy() > 0.5
     losses = []
-    for image, mask in enumerate(components):
-        labels, count = ndimage.label(mask)
-        if not count:
-            continue
-        one_hot = torch.from_numpy(labels[None] == np.arange(1, count + 1)[:, None, None]).to(logits.device)
-        one_hot = one_hot.float()  # (N, H, W)
+    for image, one_hot in lesion_masks(target) if masks is None else masks:
         visible = probability[image] * (1.0 - (target[image] - one_hot).clamp(min=0))  # others masked out
         intersection = (visible * one_hot).sum(dim=(1, 2))
         union = (visible + one_hot - visible * one_hot).sum(dim=(1, 2))
@@ -95,11 +103,12 @@ def stage2_loss(
     segmentation loss IoU+BCE(g_m, s) on its logits alone, with the same tumor weighting. A lesion weight adds
     that many lesion-wise IoU losses of each segmentation output's tumor channel."""
     pos_weight = _channel_pos_weight(tumor_pos_weight, masks)
+    lesions = lesion_masks(masks[:, 1]) if lesion_loss_weight else []
 
     def segmentation(logits: torch.Tensor) -> torch.Tensor:
         loss = segmentation_loss(logits, masks, pos_weight)
         if lesion_loss_weight:
-            loss = loss + lesion_loss_weight * lesion_iou_loss(logits[:, 1], masks[:, 1])
+            loss = loss + lesion_loss_weight * lesion_iou_loss(logits[:, 1], masks[:, 1], lesions)
         return loss
 
     if not isinstance(output, E2NetOutput):
