@@ -326,7 +326,7 @@ def speckled(tmp_path_factory) -> tuple[Path, Path, Path]:
     return model, folder / "case02_ct.nii.gz", folder / "case02_label.nii.gz"
 
 
-def test_phase_copies_add_candidates_and_leave_the_others_as_they_were(speckled) -> None:
+def test_phase_and_noise_copies_add_candidates_and_leave_the_others_as_they_were(speckled) -> None:
     from liver_e2net.pipeline import Segmenter
     from liver_e2net.training.fp_candidates import collect_candidates
     from liver_e2net.training.sources import CasePaths
@@ -335,9 +335,12 @@ def test_phase_copies_add_candidates_and_leave_the_others_as_they_were(speckled)
     segmenter = Segmenter(model, device="cpu", threads=1, fp_filter="off")
     sources = [CasePaths("case02", ct, label)]
     plain = collect_candidates(segmenter, sources, synthetic_copies=1)
-    phased = collect_candidates(segmenter, sources, synthetic_copies=1, phase_copies=1)
+    phased = collect_candidates(segmenter, sources, synthetic_copies=1, phase_copies=1, noise_copies=1)
     assert [run["phase"] for run in phased.runs[:2]] == ["portal", "portal"]
     assert phased.runs[2]["phase"] in ("arterial", "delayed", "unenhanced") and phased.runs[2]["candidates"] > 0
+    noisy = phased.runs[3]
+    assert noisy["phase"] == "portal" and 5 <= noisy["noise_hu"] <= 20 and noisy["candidates"] > 0
+    assert [run["noise_hu"] for run in phased.runs[:3]] == [0, 0, 0]
     before = len(plain.is_true)
     assert np.array_equal(phased.features[:before], plain.features)  # the recipe's copies are unchanged
     assert np.array_equal(phased.is_true[:before], plain.is_true)
@@ -350,6 +353,8 @@ def test_train_fp_filter_end_to_end_then_segment_with_it(tmp_path: Path, capsys,
     command += ["-o", str(out), *"--synthetic-copies 1 --trees 64 --threads 1 --progress none".split()]
     assert main([*command, "--min-lesion-ml", "nan"]) == 2 and not out.exists()
     assert "--min-lesion-ml nan" in capsys.readouterr().err
+    assert main([*command, "--noise-copies", "-1"]) == 2 and not out.exists()
+    assert "--noise-copies" in capsys.readouterr().err
     assert main([*command, "--min-lesion-ml", "0.01"]) == 0
     printed = capsys.readouterr().out
     assert "true" in printed and "cross-validated accuracy" in printed and str(out) in printed

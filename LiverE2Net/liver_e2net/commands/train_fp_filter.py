@@ -46,6 +46,14 @@ def register(subparsers) -> None:
         "(default 0)",
     )
     parser.add_argument(
+        "--noise-copies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also segment N more such copies of each case with white noise of 5-20 HU added, so that the filter "
+        "sees the false tumors of noisier CTs (default 0)",
+    )
+    parser.add_argument(
         "--min-lesion-ml",
         type=float,
         default=DEFAULT_MIN_LESION_ML,
@@ -67,8 +75,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.fp_candidates import collect_candidates
     from ..training.sources import check_unique, given_cases
 
-    if args.synthetic_copies < 0 or args.phase_copies < 0 or args.trees < 1:
-        raise UserInputError("--synthetic-copies and --phase-copies must be >= 0, and --trees >= 1")
+    if min(args.synthetic_copies, args.phase_copies, args.noise_copies) < 0 or args.trees < 1:
+        raise UserInputError("--synthetic-copies, --phase-copies and --noise-copies must be >= 0, and --trees >= 1")
     check_numbers(args.threads, min_lesion_ml=args.min_lesion_ml)
     check_writable([args.output], None)
     if Path(args.output).is_dir():
@@ -82,7 +90,14 @@ def run(args: argparse.Namespace) -> int:
     progress = make_reporter(args.progress)
     try:
         candidates = collect_candidates(
-            segmenter, sources, args.synthetic_copies, args.seed, progress, args.min_lesion_ml, args.phase_copies
+            segmenter,
+            sources,
+            args.synthetic_copies,
+            args.seed,
+            progress,
+            args.min_lesion_ml,
+            args.phase_copies,
+            args.noise_copies,
         )
     finally:
         if hasattr(progress, "close"):
@@ -97,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
             "cases": [source.name for source in sources],
             "synthetic_copies": args.synthetic_copies,
             "phase_copies": args.phase_copies,
+            "noise_copies": args.noise_copies,
             "seed": args.seed,
             "trees": args.trees,
             "candidates": total,

@@ -27,6 +27,11 @@ from .synthetic_tumors import insert_tumors
 
 log = logging.getLogger("liver_e2net.training")
 
+# White noise added to a noise copy, its standard deviation drawn per copy: low-dose and thin-slice CTs are this
+# much noisier than the training cases, and noise alone makes the network draw false tumors (T16 on case03: 7
+# candidates as it is, 165 with 20 HU of noise) that the filter must have seen.
+NOISE_HU = (5.0, 20.0)
+
 
 @dataclass
 class CandidateSet:
@@ -63,38 +68,48 @@ def collect_candidates(
     progress: Reporter = null_reporter,
     min_lesion_ml: float = DEFAULT_MIN_LESION_ML,
     phase_copies: int = 0,
+    noise_copies: int = 0,
 ) -> CandidateSet:
     """Runs `segmenter` (its filter off) on every case, on `synthetic_copies` copies with synthetic tumors, and on
     `phase_copies` more such copies each moved to another contrast phase (arterial, delayed or unenhanced, drawn per
-    copy): the false candidates of other phases are ones a portal-venous training set never shows the filter."""
+    copy): the false candidates of other phases are ones a portal-venous training set never shows the filter; and on
+    `noise_copies` more with white noise of NOISE_HU, for the false candidates of noisier CTs."""
     if segmenter.fp_filter is not None:
         raise ValueError("collect candidates with the false-positive filter off (Segmenter(fp_filter='off'))")
     candidates = CandidateSet()
-    per_case = 1 + synthetic_copies + phase_copies
+    per_case = 1 + synthetic_copies + phase_copies + noise_copies
     total = len(sources) * per_case
     for index, source in enumerate(sources):
         volume, reference = read_case(source)
         rng = np.random.default_rng([seed, index])
-        phase_rng = np.random.default_rng([seed, index, 1])  # its own stream: the other copies stay as they were
+        # Their own streams: the copies before them stay as they were.
+        phase_rng, noise_rng = (np.random.default_rng([seed, index, stream]) for stream in (1, 2))
         for copy in range(per_case):
-            phase = str(phase_rng.choice(PHASES[1:])) if copy > synthetic_copies else None
-            what = f"{source.name}" + (f" synthetic copy {copy}" if copy else "") + (f", {phase}" if phase else "")
+            kind = "synthetic" if copy <= synthetic_copies else "phase" if copy <= synthetic_copies + phase_copies else "noise"
+            phase = str(phase_rng.choice(PHASES[1:])) if copy and kind == "phase" else None
+            noise = float(noise_rng.uniform(*NOISE_HU)) if copy and kind == "noise" else None
+            copy_rng = {"synthetic": rng, "phase": phase_rng, "noise": noise_rng}[kind]
+            what = source.name + (f" synthetic copy {copy}" if copy else "") + (f", {phase}" if phase else "")
+            what += f", noise {noise:.0f} HU" if noise else ""
             progress("candidates", (index * per_case + copy) / total, what)
             ct, label = volume.array, reference
             if copy:
                 try:
-                    ct, label, _ = insert_tumors(volume.array, reference, volume.spacing, phase_rng if phase else rng)
+                    ct, label, _ = insert_tumors(volume.array, reference, volume.spacing, copy_rng)
                 except UserInputError as error:  # a liver too small or crowded: use the case as it is
                     log.warning("%s: no synthetic tumors (%s)", source.name, error)
                     break
             if phase:
                 ct = np.round(simulate_phase(ct, label, phase, phase_rng)).astype(volume.array.dtype)
+            if noise:
+                ct = np.round(ct + noise_rng.normal(0.0, noise, ct.shape)).astype(volume.array.dtype)
             image = dataclasses.replace(volume, array=ct).to_image()
             result = segmenter.segment(image, probabilities=True, grow=False, min_lesion_ml=min_lesion_ml)
             features, is_true = labelled_candidates(
                 result.label, label, ct, result.probabilities[1], volume.spacing
             )
-            candidates.add(features, is_true, case=source.name, copy=copy, phase=phase or "portal")
+            run = dict(case=source.name, copy=copy, phase=phase or "portal", noise_hu=noise or 0.0)
+            candidates.add(features, is_true, **run)
             log.info("%s: %d candidates, %d true positives", what, is_true.size, int(is_true.sum()))
     progress("candidates", 1.0, f"{candidates.is_true.size} candidates")
     return candidates
