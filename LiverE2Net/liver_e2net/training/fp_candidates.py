@@ -86,8 +86,8 @@ def collect_candidates(
         phase_rng, noise_rng = (np.random.default_rng([seed, index, stream]) for stream in (1, 2))
         for copy in range(per_case):
             kind = "synthetic" if copy <= synthetic_copies else "phase" if copy <= synthetic_copies + phase_copies else "noise"
-            phase = str(phase_rng.choice(PHASES[1:])) if copy and kind == "phase" else None
-            noise = float(noise_rng.uniform(*NOISE_HU)) if copy and kind == "noise" else None
+            phase = str(phase_rng.choice(PHASES[1:])) if kind == "phase" else None
+            noise = float(noise_rng.uniform(*NOISE_HU)) if kind == "noise" else None
             copy_rng = {"synthetic": rng, "phase": phase_rng, "noise": noise_rng}[kind]
             what = source.name + (f" synthetic copy {copy}" if copy else "") + (f", {phase}" if phase else "")
             what += f", noise {noise:.0f} HU" if noise else ""
