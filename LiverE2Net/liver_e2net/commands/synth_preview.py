@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..extras import require
+from ..training.real_tumors import MIN_DONOR_ML, donors_from_case
 from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig, TumorRecord, insert_tumors
 
 HU_WINDOW = (-100.0, 240.0)
@@ -37,6 +38,13 @@ def register(subparsers) -> None:
         help="tumors at the liver's outline, bulging out of it where soft tissue lies beside it (training draws "
         "them among its border tumors)",
     )
+    parser.add_argument(
+        "--real-from",
+        nargs=2,
+        type=Path,
+        metavar=("CT", "LABEL"),
+        help="draw copies of this labelled case's real tumors instead (what train --real-tumor-paste paints)",
+    )
     parser.add_argument("--slices", type=int, default=3, help="axial slices shown, one per row (default 3)")
     parser.set_defaults(func=run)
 
@@ -54,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, kind_weights=tuple(float(kind == args.kind) for kind in TUMOR_KINDS))
     if args.bulging:
         config = replace(config, allow_border=True, exophytic_probability=1.0)
+    donors = ()
+    if args.real_from:
+        donors = _donors(*args.real_from)
+        config = replace(config, real_tumor_probability=1.0)
     new_ct, new_label, records = insert_tumors(
-        ct, label.astype(np.uint8), spacing, np.random.default_rng(args.seed), config
+        ct, label.astype(np.uint8), spacing, np.random.default_rng(args.seed), config, donors
     )
     for record in records:
         log.info(
@@ -78,6 +90,19 @@ def _check_writable(path: Path) -> None:
     folder = path.parent
     if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         raise UserInputError(f"cannot write the preview to {path}: not a writable file path")
+
+
+def _donors(ct_path: Path, label_path: Path) -> tuple:
+    ct, spacing = _read(ct_path)
+    label, _ = _read(label_path)
+    if ct.shape != label.shape:
+        raise UserInputError(f"--real-from: {ct_path} {ct.shape} and {label_path} {label.shape} differ in size")
+    donors = tuple(donors_from_case(ct, label, spacing, ct_path.name))
+    if not donors:
+        raise UserInputError(
+            f"--real-from: {label_path} has no tumor (label 2) of {MIN_DONOR_ML:g} ml or more beside liver to copy"
+        )
+    return donors
 
 
 def _read(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:

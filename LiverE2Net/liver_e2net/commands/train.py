@@ -28,6 +28,7 @@ CONFIG_OPTIONS = (
     "synthetic_size_weights",
     "synthetic_kind_weights",
     "synthetic_border_probability",
+    "real_tumor_paste",
     "tumor_pos_weight",
     "lesion_loss_weight",
     "stages",
@@ -118,6 +119,13 @@ def register(subparsers) -> None:
         type=float,
         metavar="P",
         help="share of samples whose synthetic tumors may touch the liver border (default 0: 3 mm inside it)",
+    )
+    optimisation.add_argument(
+        "--real-tumor-paste",
+        type=float,
+        metavar="P",
+        help="share of the synthetic tumors that are copies of the training cases' real tumors (of 1 ml or more), "
+        "scaled, turned and contrast-scaled into other livers (default 0: painted tumors only)",
     )
     optimisation.add_argument(
         "--tumor-pos-weight",

@@ -78,6 +78,9 @@ class TrainConfig:
     # Share of samples whose synthetic tumors may reach the liver border (a capsule-touching tumor is common in
     # real livers; the generator keeps a 3 mm margin otherwise).
     synthetic_border_probability: float = 0.0
+    # Share of stage 2's synthetic tumors that are copies of the training cases' real tumors (real_tumors.py):
+    # scaled, turned and contrast-scaled, painted like the others. 0 = none, as runs made before it.
+    real_tumor_paste: float = 0.0
     tumor_pos_weight: float = 1.0  # weight of tumor pixels in the BCE terms; 1 = the paper's loss
     lesion_loss_weight: float = 0.0  # weight of the lesion-wise IoU loss (training/losses.py); 0 = the paper's loss
     # Validation cases without tumors get synthetic ones. True (every new run): the same tumors whatever --seed and
@@ -129,6 +132,10 @@ class TrainConfig:
                 0 <= self.synthetic_border_probability <= 1,
                 f"--synthetic-border-probability {self.synthetic_border_probability}: a probability in [0, 1]",
             ),
+            (
+                0 <= self.real_tumor_paste <= 1,
+                f"--real-tumor-paste {self.real_tumor_paste}: a share in [0, 1] (0 = off)",
+            ),
             (self.tumor_pos_weight > 0, f"--tumor-pos-weight {self.tumor_pos_weight}: must be > 0"),
             (
                 math.isfinite(self.lesion_loss_weight) and self.lesion_loss_weight >= 0,
@@ -153,7 +160,9 @@ class TrainConfig:
 
     def synthetic_tumor_config(self) -> SyntheticTumorConfig:
         return SyntheticTumorConfig(
-            size_class_weights=tuple(self.synthetic_size_weights), kind_weights=tuple(self.synthetic_kind_weights)
+            size_class_weights=tuple(self.synthetic_size_weights),
+            kind_weights=tuple(self.synthetic_kind_weights),
+            real_tumor_probability=self.real_tumor_paste,
         )
 
     def validation_tumors(self) -> tuple[int, SyntheticTumorConfig]:

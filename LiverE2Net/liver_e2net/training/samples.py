@@ -30,6 +30,7 @@ from .augment import (
 )
 from .cache import CachedCase
 from .config import TrainConfig
+from .real_tumors import MIN_DONOR_ML, donors_from_case
 from .synthetic_tumors import insert_tumors, insert_tumors_slab
 from .targets import edge_targets
 
@@ -308,6 +309,9 @@ class Stage2Samples(_Samples):
         self.first_slice = np.cumsum([0] + [z1 - z0 for z0, z1 in self.z_ranges])
         self.tumor_config = train_config.synthetic_tumor_config()
         self.border_tumor_config = dataclasses.replace(self.tumor_config, allow_border=True)
+        self.donors = _donors(cases) if train_config.synthetic_tumors > 0 and train_config.real_tumor_paste > 0 else ()
+        if self.donors and stream == TRAINING:
+            log.info("real tumors to copy: %s", ", ".join(f"{d.source} ({d.diameter_mm:.0f} mm)" for d in self.donors))
 
     def __len__(self) -> int:
         return int(self.first_slice[-1])
@@ -352,10 +356,26 @@ class Stage2Samples(_Samples):
         try:
             border = rng.random() < self.config.synthetic_border_probability
             config = self.border_tumor_config if border else self.tumor_config
-            ct, label, _ = insert_tumors_slab(ct, label, case.spacing, rng, config)
+            ct, label, _ = insert_tumors_slab(ct, label, case.spacing, rng, config, self.donors)
         except UserInputError:  # too little liver (or room) in this slab: keep the real slices
             pass
         return ct, label, z - z0
+
+
+def _donors(cases: list[CachedCase]) -> tuple:
+    """The real tumors of the training cases that --real-tumor-paste copies; refused when there are none."""
+    donors = tuple(
+        donor
+        for case in cases
+        if case.tumor_slices
+        for donor in donors_from_case(case.ct, case.label, case.spacing, case.name)
+    )
+    if not donors:
+        raise UserInputError(
+            f"--real-tumor-paste: none of the training cases ({', '.join(c.name for c in cases)}) has a real tumor "
+            f"(label 2) of {MIN_DONOR_ML:g} ml or more beside liver to copy; add such a case or leave the option out"
+        )
+    return donors
 
 
 def _round_stride(pixels: float) -> int:

@@ -31,6 +31,7 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from ..errors import UserInputError
+from .real_tumors import DonorTumor, transformed_donor
 
 LIVER, TUMOR = 1, 2
 # Appearances seen on contrast CT (Hu et al. 2023; LI-RADS v2018 for HCC): hypo-attenuating metastases,
@@ -103,6 +104,11 @@ class SyntheticTumorConfig:
     graded_margin_probability: float = 0.5  # share of the hypo-, hyper- and necrotic tumors with a fading margin
     margin_width_mm: tuple[float, float] = (3.0, 8.0)  # depth over which their contrast reaches its core value
     margin_edge_fraction: tuple[float, float] = (0.3, 0.6)  # share of the contrast left at the labelled edge
+    # Copies of real tumors (real_tumors.py), where the caller gives some: the share of tumors drawn as one, and
+    # the factor on its contrast to its own liver (0.6-1.4: metastases 20-60 HU below the liver in the portal
+    # phase, case06's about 30-40).
+    real_tumor_probability: float = 0.0
+    real_contrast_scale: tuple[float, float] = (0.6, 1.4)
     vessel_percentile: float = 95.0
     vessel_margin_mm: float = 2.0
     max_tries: int = 40  # random centres tried per size before the tumor is shrunk
@@ -146,6 +152,10 @@ class SyntheticTumorConfig:
             raise UserInputError(f"margin_edge_fraction {self.margin_edge_fraction}: a (low, high) range in [0, 1]")
         if not 0 < self.margin_width_mm[0] <= self.margin_width_mm[1]:
             raise UserInputError(f"margin_width_mm {self.margin_width_mm}: a positive (low, high) range")
+        if not 0 <= self.real_tumor_probability <= 1:
+            raise UserInputError(f"real_tumor_probability {self.real_tumor_probability} must lie in [0, 1]")
+        if not 0 < self.real_contrast_scale[0] <= self.real_contrast_scale[1]:
+            raise UserInputError(f"real_contrast_scale {self.real_contrast_scale}: a positive (low, high) range")
         if not 0 < self.shrink_factor < 1:
             raise UserInputError(f"shrink_factor {self.shrink_factor} must lie in (0, 1)")
 
@@ -186,6 +196,7 @@ class _Appearance:
     mass_effect_mm: float
     margin_mm: float = 0.0
     edge_fraction: float = 1.0
+    field_scale: float = 1.0  # a real tumor's copy: factor on its contrast field
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,7 @@ class _Shape:
     distance_mm: np.ndarray  # distance to the nearest core voxel
     offsets_mm: tuple[np.ndarray, np.ndarray, np.ndarray]  # broadcastable z, y, x offsets from the centre
     core_bounds: tuple[tuple[int, int], ...]  # first and last core index per axis, in box coordinates
+    field_hu: np.ndarray | None = None  # a real tumor's copy: its HU relative to the liver over the box
 
 
 def insert_tumors(
@@ -206,9 +218,11 @@ def insert_tumors(
     spacing: tuple[float, float, float],
     rng: np.random.Generator,
     config: SyntheticTumorConfig | None = None,
+    donors: tuple[DonorTumor, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, list[TumorRecord]]:
-    """Return copies of `ct` and `label` [z,y,x] with 1..N synthetic tumors (label 2), and their records."""
-    return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=False)
+    """Return copies of `ct` and `label` [z,y,x] with 1..N synthetic tumors (label 2), and their records; with
+    `donors`, a share (config.real_tumor_probability) of them are copies of those real tumors."""
+    return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=False, donors=donors)
 
 
 def insert_tumors_slab(
@@ -217,13 +231,14 @@ def insert_tumors_slab(
     spacing: tuple[float, float, float],
     rng: np.random.Generator,
     config: SyntheticTumorConfig | None = None,
+    donors: tuple[DonorTumor, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, list[TumorRecord]]:
     """As insert_tumors, for a 2.5D stack of K slices: tumors may run through its top and bottom faces.
 
     A slab is a window of a longer volume, so a tumor centred in it may continue above or below it;
     only the in-plane extent must fit, and the liver size is checked in-plane only.
     """
-    return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=True)
+    return _insert(ct, label, spacing, rng, config or SyntheticTumorConfig(), open_z=True, donors=donors)
 
 
 @dataclass(frozen=True)
@@ -238,9 +253,10 @@ class _Target:
     open_z: bool
     outline_flat: np.ndarray | None = None  # flat indices of liver voxels on its in-plane outline (allow_border)
     organ_outline_flat: np.ndarray | None = None  # those of them beside non-liver tissue of the liver's density
+    donors: tuple[DonorTumor, ...] = ()
 
 
-def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool):
+def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool, donors=()):
     spacing_zyx = _check_inputs(ct, label, spacing)
     liver_flat = np.flatnonzero(label.reshape(-1) == LIVER)
     _check_liver_size(label, liver_flat, spacing_zyx, config, open_z)
@@ -250,7 +266,9 @@ def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool)
         outline = _outline_flat(label)
         if config.organ_bulge_share > 0:
             organ_outline = _organ_outline_flat(ct, label, outline, liver_flat, config.organ_hu_window)
-    target = _Target(ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z, outline, organ_outline)
+    target = _Target(
+        ct.copy(), label.copy(), spacing_zyx, liver_flat, threshold, open_z, outline, organ_outline, tuple(donors)
+    )
     records = []
     for _ in range(_draw_count(rng, config)):
         record = _place_one(target, rng, config)
@@ -266,7 +284,10 @@ def _insert(ct, label, spacing, rng, config: SyntheticTumorConfig, open_z: bool)
 
 def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumorConfig) -> TumorRecord | None:
     """Draw one tumor and paint it; shrink it while no centre satisfies the placement rules."""
-    appearance = _draw_appearance(rng, config)
+    donor = None  # drawn only where there are donors, so that other calls keep their random streams
+    if target.donors and config.real_tumor_probability > 0 and rng.random() < config.real_tumor_probability:
+        donor = target.donors[int(rng.integers(len(target.donors)))]
+    appearance = _draw_appearance(rng, config) if donor is None else _real_appearance(rng, config)
     diameter = _draw_diameter(rng, config)
     # Drawn only where bulging is possible, so that other configs keep their random streams.
     exophytic = target.outline_flat is not None and target.outline_flat.size > 0 and (
@@ -276,7 +297,7 @@ def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumor
         rng.random() < config.organ_bulge_share
     )
     while diameter >= config.min_diameter_mm:
-        shape = _tumor_shape(diameter, target.spacing_zyx, rng, config)
+        shape = _tumor_shape(diameter, target.spacing_zyx, rng, config, donor)
         centre = _find_centre(shape, target, rng, config, exophytic, beside_organ)
         if centre is None and exophytic:  # no soft tissue beside the outline for it: an ordinary tumor instead
             exophytic = False
@@ -286,9 +307,11 @@ def _place_one(target: _Target, rng: np.random.Generator, config: SyntheticTumor
             push = 0.0 if exophytic else round(appearance.mass_effect_mm * min(1.0, diameter / 30.0), 2)
             appearance = replace(appearance, mass_effect_mm=push)
             _paint(target, shape, centre, appearance, rng, config, exophytic)
+            contrast = appearance.contrast_hu
+            if shape.field_hu is not None:
+                contrast = round(appearance.field_scale * float(np.median(shape.field_hu[shape.core])), 2)
             return TumorRecord(
-                centre, round(diameter, 2), appearance.contrast_hu, appearance.kind, push, exophytic,
-                appearance.margin_mm,
+                centre, round(diameter, 2), contrast, appearance.kind, push, exophytic, appearance.margin_mm
             )
         diameter *= config.shrink_factor
     return None
@@ -377,22 +400,43 @@ def _draw_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> 
                        float(edge_fraction))  # fmt: skip
 
 
-def _tumor_shape(diameter_mm: float, spacing_zyx: np.ndarray, rng: np.random.Generator, config) -> _Shape:
-    """Warped, rotated ellipsoid of volume-equivalent `diameter_mm`, with its soft edge and distance map."""
-    inside, origin = _warped_ellipsoid(diameter_mm, spacing_zyx, rng, config)
+def _real_appearance(rng: np.random.Generator, config: SyntheticTumorConfig) -> _Appearance:
+    """A real tumor's copy keeps its own margin and inside; only its contrast is scaled, and it may push."""
+    scale = float(rng.uniform(*config.real_contrast_scale))
+    push = (
+        rng.uniform(0.5, 1.0) * config.mass_effect_max_mm
+        if rng.random() < config.mass_effect_probability
+        else 0.0
+    )
+    return _Appearance("real", 0.0, 0.0, float(push), field_scale=scale)
+
+
+def _tumor_shape(
+    diameter_mm: float, spacing_zyx: np.ndarray, rng: np.random.Generator, config, donor: DonorTumor | None = None
+) -> _Shape:
+    """Warped, rotated ellipsoid (or a real tumor's turned copy) of volume-equivalent `diameter_mm`, with its soft
+    edge and distance map."""
+    field = None
+    if donor is None:
+        inside, origin = _warped_ellipsoid(diameter_mm, spacing_zyx, rng, config)
+    else:
+        inside, field, origin = transformed_donor(donor, diameter_mm, spacing_zyx, rng)
     # The box is cropped to the drawn shape plus the widest margin, so filters run on as few voxels as possible.
     pad_mm = max(config.change_margin_mm, config.liver_margin_mm, config.vessel_margin_mm)
     pad = np.ceil(pad_mm / spacing_zyx).astype(int) + 1
     bounds = _bounds(inside)
     crop = tuple(slice(first, last + 1) for first, last in bounds)
     inside = np.pad(inside[crop], [(p, p) for p in pad])
+    if field is not None:
+        field = np.pad(field[crop], [(p, p) for p in pad], mode="edge")
     origin = origin - [first for first, _ in bounds] + pad
     sigma_mm = min(config.edge_blur_mm, diameter_mm / 6)
     alpha = ndimage.gaussian_filter(inside.astype(np.float32), sigma_mm / spacing_zyx, truncate=2.0)
     core = alpha >= 0.5 * alpha.max()  # half maximum: a tumor finer than the voxels keeps its peak voxel
     distance = ndimage.distance_transform_edt(~core, sampling=spacing_zyx).astype(np.float32)
     alpha[distance > config.blur_margin_mm] = 0
-    return _Shape(origin, core, alpha, distance, _offsets_mm(core.shape, origin, spacing_zyx), _bounds(core))
+    offsets = _offsets_mm(core.shape, origin, spacing_zyx)
+    return _Shape(origin, core, alpha, distance, offsets, _bounds(core), field)
 
 
 def _warped_ellipsoid(
@@ -566,6 +610,8 @@ def _paint(target: _Target, shape: _Shape, centre, appearance: _Appearance, rng,
 
 def _contrast_map(appearance: _Appearance, shape: _Shape, local, spacing_zyx, rng, config):
     """HU relative to the liver over the tumor box, times the fading margin's ramp where the tumor has one."""
+    if shape.field_hu is not None:
+        return appearance.field_scale * shape.field_hu[local]
     flat = appearance.kind in ("hypodense", "hyperdense")
     if flat and appearance.margin_mm <= 0:
         return appearance.contrast_hu
