@@ -138,7 +138,7 @@ def test_samples_stack_context_slices_around_the_same_slice(sample_cases):
 def test_synthetic_tumor_neighbours_come_from_the_painted_slab(sample_cases, monkeypatch):
     painted = []
 
-    def paint(ct, label, spacing, rng, config):
+    def paint(ct, label, spacing, rng, config, donors=()):
         """Stand-in painter: slab slice k becomes 10 k HU everywhere, so each channel shows its slab slice."""
         slab = np.broadcast_to((10 * np.arange(len(ct)))[:, None, None], ct.shape).astype(np.int16)
         painted.append(len(ct))
