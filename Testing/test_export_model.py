@@ -162,3 +162,33 @@ def test_export_sets_the_models_tta_scales_and_refuses_bad_ones(tmp_path, capsys
     assert main(["export-model", "--stage1", str(run), "-o", str(tmp_path / "bad.pt"), "--tta-scales", "0"]) == 2
     assert "--tta-scales 0.0: each scale must be within" in capsys.readouterr().err
     assert not (tmp_path / "bad.pt").exists()
+
+
+def test_several_stage2_files_export_the_mean_of_their_weights_without_a_filter(tmp_path, capsys) -> None:
+    """A model soup: each weight and BatchNorm statistic is the mean of the fine-tunes'; no old filter rides on it."""
+    statistic = "seg_branch.encoder.stem.1.running_var"
+    runs = []
+    for seed in (1, 2, 3):
+        run = random_checkpoint(lite_config(), seed=seed, name=f"ft-{seed}")
+        run.stage2[statistic] = torch.rand_like(run.stage2[statistic]) + seed  # as if trained: BN stats differ
+        runs.append(save_checkpoint(run, tmp_path / f"{seed}.pt"))
+    soup = tmp_path / "soup.pt"
+    assert main(["export-model", "--stage1", str(runs[0]), "--stage2", *map(str, runs), "-o", str(soup)]) == 0
+    model, parts = load_checkpoint(soup), [load_checkpoint(run) for run in runs]
+    for key in ("fusion_head.conv.weight", statistic):
+        expected = torch.stack([part.stage2[key].float() for part in parts]).mean(0)
+        assert torch.allclose(model.stage2[key].float(), expected, atol=2e-3)
+        assert not torch.allclose(model.stage2[key].float(), parts[0].stage2[key].float(), atol=2e-3)
+    assert model.fp_filter is None
+    assert [record["name"] for record in model.metadata["stage2_soup"]] == ["ft-1", "ft-2", "ft-3"]
+    model.build()  # the averaged weights load into the stored config
+
+
+def test_a_soup_refuses_weights_of_another_shape_by_name(tmp_path, capsys) -> None:
+    wider = dataclasses.replace(lite_config(), stage2=dataclasses.replace(lite_config().stage2, decoder_channels=8))
+    first = save_checkpoint(random_checkpoint(lite_config()), tmp_path / "a.pt")
+    second = save_checkpoint(random_checkpoint(wider), tmp_path / "b.pt")
+    code = main(["export-model", "--stage1", str(first), "--stage2", str(first), str(second), "-o", str(tmp_path / "m.pt")])
+    assert code == 2
+    assert "b.pt" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()

@@ -2,7 +2,8 @@
 
 Stage 1 and stage 2 may come from different runs (trained side by side, one process each); both must share
 the model config, which is checked, except for stage 1's own part (its network and pixel size): a 3D stage 1
-serves any stage 2.
+serves any stage 2. Several --stage2 files give the mean of their stage-2 weights (a uniform model soup, Wortsman
+et al., ICML 2022): fine-tunes of one network average into one that runs as fast as each.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
+
+import torch
 
 from ..errors import UserInputError
 
@@ -23,7 +26,11 @@ def register(subparsers) -> None:
         "--stage1", required=True, metavar="MODEL.pt", help="checkpoint whose stage 1 is taken"
     )
     parser.add_argument(
-        "--stage2", metavar="MODEL.pt", help="checkpoint whose stage 2 is taken (default: --stage1's)"
+        "--stage2",
+        nargs="+",
+        metavar="MODEL.pt",
+        help="checkpoint whose stage 2 is taken (default: --stage1's); several: the mean of their stage-2 weights "
+        "(fine-tunes of one network; retrain the false-positive filter for the result with train-fp-filter)",
     )
     parser.add_argument("-o", "--output", required=True, metavar="MODEL.pt")
     parser.add_argument("--name", help="model name shown in model selectors")
@@ -75,12 +82,19 @@ def run(args: argparse.Namespace) -> int:
     from ..outputs import check_numbers
 
     first = load_checkpoint(args.stage1)
-    second = load_checkpoint(args.stage2) if args.stage2 else first
-    if beyond_stage1(first.config) != beyond_stage1(second.config):
-        raise UserInputError(
-            f"{args.stage1} ({first.config.name} config) and {args.stage2} ({second.config.name} config) "
-            "hold different model configs; export stages of the same config"
-        )
+    sources = [load_checkpoint(path) for path in args.stage2 or ()]
+    second = sources[0] if sources else first
+    for path, source in zip(args.stage2 or (), sources):
+        if beyond_stage1(first.config) != beyond_stage1(source.config):
+            raise UserInputError(
+                f"{args.stage1} ({first.config.name} config) and {path} ({source.config.name} config) "
+                "hold different model configs; export stages of the same config"
+            )
+    if len(sources) > 1:
+        stage2 = average_weights([source.stage2 for source in sources])
+        fp_filter = None  # each filter judged one network's output, not the soup's
+    else:
+        stage2, fp_filter = second.stage2, second.fp_filter
     # Two files: each stage's own history nests under its stage. One file (a settings or figures update): its record
     # already holds its stages' history, and nesting it again would double the record at every re-export.
     metadata = (
@@ -94,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
             metadata[key] = second.metadata[key]
     if args.stage2:  # two runs (often fine-tuning chains): their epochs stay in stage1/2_training, not summed
         metadata.pop("epochs", None)
+    if len(sources) > 1:
+        metadata["stage2_soup"] = [stage_record(source.metadata, 2) for source in sources]
     if args.name:
         metadata["name"] = args.name
     if args.box_margin_z_mm is not None and args.box_margin_z_mm < 0:
@@ -121,9 +137,7 @@ def run(args: argparse.Namespace) -> int:
         ),
     )
     # The false-positive filter judges stage 2's output: it goes with the stage-2 weights it was trained for.
-    combined = Checkpoint(
-        config, first.stage1, second.stage2, metadata, first.labels, fp_filter=second.fp_filter
-    )
+    combined = Checkpoint(config, first.stage1, stage2, metadata, first.labels, fp_filter=fp_filter)
     path = save_checkpoint(combined, args.output, half=not args.full_precision)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB): {load_checkpoint(path).describe()}")
     return 0
@@ -151,6 +165,16 @@ def liver_gate(stage1_config, requested_mm: float | None, source: str) -> float 
             "leave the option out or export a 3D stage 1 (train --stage1-net 3d)"
         )
     return requested_mm or None
+
+
+def average_weights(states: list[dict]) -> dict:
+    """The element-wise mean of several networks' weights and BatchNorm statistics (integer counters: the
+    first's). Their configs are checked equal, so their layers match; only fine-tunes of one starting network
+    average into a working one, and nothing here can check that."""
+    return {
+        key: torch.stack([state[key].float() for state in states]).mean(0) if tensor.is_floating_point() else tensor
+        for key, tensor in states[0].items()
+    }
 
 
 def held_out_rows(path: Path) -> list[dict]:
