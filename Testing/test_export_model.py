@@ -184,7 +184,7 @@ def test_several_stage2_files_export_the_mean_of_their_weights_without_a_filter(
     model.build()  # the averaged weights load into the stored config
 
 
-def test_a_soup_refuses_weights_of_another_shape_by_name(tmp_path, capsys) -> None:
+def test_a_soup_refuses_a_file_of_another_config_by_name(tmp_path, capsys) -> None:
     wider = dataclasses.replace(lite_config(), stage2=dataclasses.replace(lite_config().stage2, decoder_channels=8))
     first = save_checkpoint(random_checkpoint(lite_config()), tmp_path / "a.pt")
     second = save_checkpoint(random_checkpoint(wider), tmp_path / "b.pt")
