@@ -22,7 +22,7 @@ from liver_e2net.training import CasePaths, TrainConfig, Trainer, TrainingCase, 
 from liver_e2net.training.cache import prepare_cases
 from liver_e2net.training.cases import read_case
 from liver_e2net.training.labels import read_label, segment_role
-from liver_e2net.training.losses import stage1_loss, stage2_loss
+from liver_e2net.training.losses import liver_distillation_loss, stage1_loss, stage2_loss
 from liver_e2net.training.samples import EpochSampler, Stage1Samples, Stage2Samples
 from liver_e2net.training.sources import split_cases
 from liver_e2net.training.targets import edge_distance_map
@@ -85,6 +85,24 @@ def test_losses_match_hand_computed_values():
     )
     assert parts["edge"].item() == pytest.approx(np.log(2))
     assert total.item() == pytest.approx(2 * segmentation + 4 * np.log(2))
+
+
+def test_liver_distillation_pulls_only_the_liver_channel_to_the_teacher():
+    """At the teacher's own liver logits the loss is flat; elsewhere it pulls the liver channel of both heads
+    toward them and leaves the tumor channel alone."""
+    teacher = E2NetOutput(s1=torch.randn(2, 2, 4, 4), edge=torch.randn(2, 2, 4, 4), s2=torch.randn(2, 2, 4, 4))
+    edge = torch.zeros(2, 2, 4, 4)
+    at_teacher = teacher.s2.clone().requires_grad_()
+    liver_distillation_loss(E2NetOutput(s1=at_teacher, edge=edge, s2=at_teacher), teacher).backward()
+    assert at_teacher.grad.abs().max().item() < 1e-6
+    s1, s2 = torch.zeros(2, 2, 4, 4, requires_grad=True), torch.zeros(2, 2, 4, 4, requires_grad=True)
+    loss = liver_distillation_loss(E2NetOutput(s1=s1, edge=edge, s2=s2), teacher)
+    loss.backward()
+    for grad in (s1.grad, s2.grad):
+        assert torch.all(grad[:, 1] == 0) and torch.equal(torch.sign(grad[:, 0]), torch.sign(-teacher.s2[:, 0]))
+    assert loss.item() > liver_distillation_loss(E2NetOutput(teacher.s2, edge, teacher.s2), teacher).item()
+    plain = liver_distillation_loss(s2.detach(), teacher)  # an R2UNet stage 2: its one output
+    assert plain.item() == pytest.approx(loss.item() / 2)
 
 
 def test_edge_distance_map_of_a_square():
@@ -446,3 +464,24 @@ def test_precision_auto_trains_in_bf16_on_amx_cpus_only(tmp_path, monkeypatch):
     assert all(torch.isfinite(amx_cpu[key]).all() for key in floats)
     with pytest.raises(UserInputError, match="--precision 'fp16'"):
         dataclasses.replace(QUICK, precision="fp16")
+
+
+def test_liver_distillation_needs_init_keeps_its_teacher_in_the_state_and_resumes(tmp_path):
+    cases = [phantom("a"), phantom("b", 1)]
+    options = dict(device="cpu", cache=tmp_path / "cache")
+    start = Trainer(cases, tmp_path / "start", QUICK, model_config=TINY, **options).run()
+    config = dataclasses.replace(QUICK, stages=(2,), epochs=2, liver_distillation=1.0)
+    with pytest.raises(UserInputError, match="--init MODEL.pt"):
+        Trainer(cases, tmp_path / "alone", config, model_config=TINY, **options).run()
+    interrupt = InterruptAt("stage2")
+    stopped = Trainer(cases, tmp_path / "tuned", config, init=start.best, progress=interrupt, **options).run()
+    assert stopped.exit_code == 130
+    teacher = load_checkpoint(start.best).stage2
+    kept = read_state(tmp_path / "tuned")["liver_teacher"]
+    assert kept.keys() == teacher.keys() and all(torch.equal(kept[k], v) for k, v in teacher.items())
+    resumed = Trainer(cases, tmp_path / "tuned", resume=True, **options).run()
+    assert resumed.exit_code == 0 and resumed.stage_epochs == {"stage2": 2}
+    records = [json.loads(line) for line in (tmp_path / "tuned" / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train"]["liver_distillation"]) for r in records) and len(records) == 2
+    tuned = load_checkpoint(tmp_path / "tuned" / "last.pt").stage2
+    assert any(not torch.equal(tuned[k], v) for k, v in teacher.items() if v.is_floating_point())

@@ -31,6 +31,7 @@ CONFIG_OPTIONS = (
     "real_tumor_paste",
     "tumor_pos_weight",
     "lesion_loss_weight",
+    "liver_distillation",
     "stages",
     "seed",
     "bn_calibration_samples",
@@ -140,6 +141,13 @@ def register(subparsers) -> None:
         metavar="W",
         help="weight of a lesion-wise IoU loss that scores each tumor on its own, so that small ones count as "
         "much as large ones (default 0, the paper's loss)",
+    )
+    optimisation.add_argument(
+        "--liver-distillation",
+        type=float,
+        metavar="W",
+        help="weight of a loss that keeps stage 2's liver output at the --init model's while it learns tumors "
+        "(learning without forgetting; default 0: off; needs --init)",
     )
     optimisation.add_argument(
         "--acquisition-augmentation",

@@ -9,6 +9,10 @@ IoU loss 1 whatever the prediction, so the network would never learn to predict 
 of H-DenseUNet and Chlebus et al.: tumors cover well under 1 % of a slice, and with the plain loss a small
 decoder on a short (CPU) training budget settles on "no tumor anywhere" before it learns what one looks like.
 
+`liver_distillation_loss` keeps a fine-tune's liver channel at a teacher's (the --init network's) soft output, as
+in learning without forgetting (Li and Hoiem, TPAMI 2018): fine-tunes for tumors re-fit the shared decoder and cost
+the held-out liver 0.001-0.002 Dice, although the training livers were fitted as well as before.
+
 `lesion_loss_weight` (0 = off) adds a lesion-wise IoU loss on the tumor channel (the "blob loss" of Kofler et
 al., IPMI 2023): each tumor component of the target is scored on its own, with the other components masked out,
 and the scores are averaged over components. In the per-image IoU a 5 mm lesion beside a 40 mm one is worth a
@@ -117,3 +121,13 @@ def stage2_loss(
     s1, s2 = segmentation(output.s1), segmentation(output.s2)
     edge = bce_loss(output.edge, edges)
     return s1 + s2 + EDGE_WEIGHT * edge, {"s1": s1.detach(), "s2": s2.detach(), "edge": edge.detach()}
+
+
+def liver_distillation_loss(
+    output: E2NetOutput | torch.Tensor, teacher: E2NetOutput | torch.Tensor
+) -> torch.Tensor:
+    """BCE of each segmentation output's liver channel against the teacher's final liver probability (for an
+    E2Net: its s2, the output inference uses). Outputs (B, 2, H, W) logits, as stage2_loss takes them."""
+    target = torch.sigmoid((teacher.s2 if isinstance(teacher, E2NetOutput) else teacher)[:, :1].float()).detach()
+    heads = (output.s1, output.s2) if isinstance(output, E2NetOutput) else (output,)
+    return sum(bce_loss(logits[:, :1], target) for logits in heads)

@@ -34,7 +34,7 @@ from . import distributed, resolve, run_folder
 from .batchnorm import recalibrate_batchnorm
 from .cache import prepare_cases, prepare_usable_cases
 from .config import TrainConfig
-from .losses import stage1_loss, stage2_loss
+from .losses import liver_distillation_loss, stage1_loss, stage2_loss
 from .reporting import RunReporter, fmt
 from .samples import EpochSampler, Stage1Samples, Stage2Samples, samples_of_stage
 from .schedule import PlateauSchedule
@@ -95,6 +95,7 @@ class Trainer:
         self.progress, self.command_line = progress, command_line or "liver_e2net.training.train()"
         self.stop_signal: int | None = None
         self.networks: dict[int, torch.nn.Module] = {}  # the networks trained by run(), on the CPU
+        self.teacher: torch.nn.Module | None = None  # --liver-distillation's, during stage 2
 
     def request_stop(self, signum: int = signal.SIGINT) -> None:
         """Stop after the current step, writing last.pt (also what SIGINT / SIGTERM do during run())."""
@@ -153,6 +154,7 @@ class Trainer:
             self.validation = with_synthetic_tumors(self.validation, *self.config.validation_tumors())
         log.info("training cases: %s; validation cases: %s", ", ".join(training), ", ".join(validation))
         self._initial_weights(state, init)
+        self.teacher_weights = self._liver_teacher(state, init)
         self.stage_states: dict[str, dict[str, Any]] = state.get("stages", {})
         self.best_info: dict[str, dict] = state.get("best_info", {})
         self.last_info: dict[str, dict] = state.get("last_info", {})
@@ -176,6 +178,24 @@ class Trainer:
         if state and (self.output / run_folder.BEST).is_file():
             best = load_checkpoint(self.output / run_folder.BEST)
             self.best_weights = {1: best.stage1, 2: best.stage2}
+
+    def _liver_teacher(self, state: dict, init: Checkpoint | None) -> dict[str, torch.Tensor] | None:
+        """Stage-2 weights whose liver output --liver-distillation keeps: --init's, kept in the run's state."""
+        if not (self.config.liver_distillation and 2 in self.config.stages):
+            return None
+        if state:
+            return state["liver_teacher"]
+        if init is None:
+            raise UserInputError(
+                "--liver-distillation keeps the liver output of the network the run starts from: "
+                "give that model with --init MODEL.pt"
+            )
+        if init.config != self.model_config:
+            raise UserInputError(
+                f"--liver-distillation needs the --init model's own config ({init.config.name}, "
+                f"{init.config.preprocessing.context_slices} context slices): drop --context-slices"
+            )
+        return init.stage2
 
     # -- training ------------------------------------------------------------------------------------------
 
@@ -216,6 +236,7 @@ class Trainer:
                 average.load_state_dict(saved["average"])
         # What is validated and saved as best.pt: the averaged weights when --ema-decay is set.
         evaluated = network if average is None else average.module
+        self.teacher = self._teacher_network(stage)
         dataset = samples_of_stage(stage, self.model_config)(self.training, self.model_config, config)
         calibration = dataset.calibration()
         steps = config.steps_per_epoch or math.ceil(len(dataset) / (config.batch_size * self.dist.world_size))
@@ -299,6 +320,13 @@ class Trainer:
             images = (batch[0] for batch in self._loader(samples, steps))
             recalibrate_batchnorm(network, images, self.device, self._autocast())
 
+    def _teacher_network(self, stage: int) -> torch.nn.Module | None:
+        if stage != 2 or self.teacher_weights is None:
+            return None
+        teacher = build_network(self.model_config.stage2)
+        teacher.load_state_dict(self.teacher_weights)
+        return to_channels_last(teacher.to(self.device)).eval().requires_grad_(False)
+
     def _step(self, stage: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
               scaler: torch.amp.GradScaler, batch: list[torch.Tensor]) -> tuple[float, dict]:  # fmt: skip
         image, *targets = (t.to(self.device, non_blocking=True) for t in batch)
@@ -306,6 +334,9 @@ class Trainer:
         autocast = self._autocast()
         with torch.autocast(self.device.type, dtype=autocast) if autocast else nullcontext():
             output = model(image)
+            if stage == 2 and self.teacher is not None:
+                with torch.no_grad():
+                    teacher_output = self.teacher(image)
         if stage == 1:
             loss, parts = stage1_loss(output, *targets)
         else:
@@ -315,6 +346,10 @@ class Trainer:
                 tumor_pos_weight=self.config.tumor_pos_weight,
                 lesion_loss_weight=self.config.lesion_loss_weight,
             )
+            if self.teacher is not None:
+                distillation = liver_distillation_loss(output, teacher_output)
+                loss = loss + self.config.liver_distillation * distillation
+                parts["liver_distillation"] = distillation.detach()
         if not torch.isfinite(loss) and not scaler.is_enabled():
             raise UserInputError(f"training diverged (loss {loss.item()}) in stage {stage}; lower --lr")
         optimizer.zero_grad(set_to_none=True)
@@ -354,6 +389,7 @@ class Trainer:
                 "validation_cases": self._names(self.validation),
                 "sources": self.file_sources, "stage": stage, "stages": self.stage_states,
                 "best_info": self.best_info, "last_info": self.last_info, "seconds": self._seconds(),
+                **({"liver_teacher": self.teacher_weights} if self.teacher_weights is not None else {}),
             })  # fmt: skip
 
     def _metadata(self, info: dict[str, dict]) -> dict[str, Any]:
