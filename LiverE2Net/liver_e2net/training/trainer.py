@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..config import ModelConfig
-from ..devices import autocast_dtype
+from ..devices import autocast_dtype, limit_blas_threads
 from ..errors import UserInputError
 from ..models import build_network, channels_last, to_channels_last
 from ..progress import Reporter, null_reporter
@@ -103,6 +103,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.dist, self.device = distributed.setup(self.device_name)
+        limit_blas_threads(torch.get_num_threads())  # samples are prepared here when --workers is 0
         try:
             if self.dist.is_main:
                 run_folder.prepare(self.output, self.resume)
@@ -494,3 +495,4 @@ def _cpu_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)  # workers prepare single samples; threads would only fight the main process
+    limit_blas_threads(1)
