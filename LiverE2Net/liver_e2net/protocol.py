@@ -123,7 +123,8 @@ def default_model_path() -> Path | None:
 # -- what Slicer's Python needs to run the child: pyproject.toml's dependencies (Testing/test_slicer_dependencies.py
 # keeps the two equal); the Slicer side offers to install what is missing ------------------------------------------
 RUNTIME_REQUIREMENTS = ("torch>=2.3", "numpy>=1.26", "scipy>=1.11", "scikit-image>=0.22",
-                        "connected-components-3d>=3.12", "edt>=2.3", "SimpleITK>=2.3", "tqdm>=4.64", "pydicom>=2.4")  # fmt: skip
+                        "connected-components-3d>=3.12", "edt>=2.3", "SimpleITK>=2.3", "tqdm>=4.64", "threadpoolctl>=3.1",
+                        "pydicom>=2.4")  # fmt: skip
 PLOT_REQUIREMENTS = ("matplotlib>=3.7",)  # the training panel's live plot (the `plots` extra)
 
 
