@@ -14,7 +14,7 @@ if [ -f "$state/run/trainer_state.pt" ]; then
 else
   timeout --signal=INT "${minutes}m" liver-e2net train "${cases[@]}" -o "$state/run" --config "$config" --device cuda \
     --val-cases case02 --optimizer adamw --batch-size 16 --steps-per-epoch 200 --epochs 200 \
-    --synthetic-tumors 0.7 --synthetic-border-probability 0.5 --tumor-pos-weight 10 --ema-decay 0.995 --workers 8 --progress none || true
+    --synthetic-tumors 0.7 --synthetic-border-probability 0.5 --tumor-pos-weight 10 --ema-decay 0.995 --workers "$(( $(nproc) > 3 ? $(nproc) - 2 : 1 ))" --progress none || true
 fi
 echo "training: $(( $(date +%s) - start )) s wall"
 liver-e2net export-model --stage1 "$state/run/best.pt" -o "$state/$config.pt" --name "Liver E2Net $config (GPU)"
