@@ -512,15 +512,15 @@ def test_training_processes_run_one_blas_thread_per_torch_thread(tmp_path):
 
     if not _blas_threads():
         pytest.skip("this numpy loads no BLAS library that threadpoolctl can see")
-    threads = torch.get_num_threads()
+    threads, seen = torch.get_num_threads(), []
     with threadpool_limits(2, user_api="blas"):
         torch.set_num_threads(1)
         try:
             Trainer([phantom("a"), phantom("b", 1)], tmp_path / "run", dataclasses.replace(QUICK, stages=(1,)),
-                    model_config=TINY, device="cpu", cache=tmp_path / "cache").run()  # fmt: skip
-            assert set(_blas_threads()) == {1}
+                    model_config=TINY, device="cpu", cache=tmp_path / "cache",
+                    progress=lambda *args, **kwargs: seen.append(set(_blas_threads()))).run()  # fmt: skip
         finally:
             torch.set_num_threads(threads)
-        threadpool_limits(2, user_api="blas")
+        assert seen and all(counts == {1} for counts in seen) and set(_blas_threads()) == {2}  # restored
         loader = DataLoader(_BlasThreadsSeen(), batch_size=None, num_workers=1, worker_init_fn=_worker_init)
         assert [set(seen) for seen in loader] == [{1}] and set(_blas_threads()) == {2}

@@ -55,8 +55,9 @@ def configure_threads(threads: int | None = None) -> int:
     return threads
 
 
-def limit_blas_threads(threads: int) -> None:
-    """Cap the BLAS threads of numpy and scipy (OpenBLAS, MKL) in this process at `threads`.
+def limit_blas_threads(threads: int):
+    """Cap the BLAS threads of numpy and scipy (OpenBLAS, MKL) in this process at `threads`; as a context manager,
+    restore them on exit.
 
     Their default is one per core, and idle BLAS threads spin for cores other processes hold: a training's sample
     preparation (the tumor painter's matrix products) took 57 ms a stage-2 sample beside a second one on 2 cores,
@@ -64,7 +65,7 @@ def limit_blas_threads(threads: int) -> None:
     130 ms a sample. Training only: importing threadpoolctl costs 25 ms of start-up that `segment` does not need."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(threads, user_api="blas")
+    return threadpool_limits(threads, user_api="blas")
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:

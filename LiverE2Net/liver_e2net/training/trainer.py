@@ -103,11 +103,11 @@ class Trainer:
 
     def run(self) -> TrainResult:
         self.dist, self.device = distributed.setup(self.device_name)
-        limit_blas_threads(torch.get_num_threads())  # samples are prepared here when --workers is 0
         try:
             if self.dist.is_main:
                 run_folder.prepare(self.output, self.resume)
-            with self._signals(), self._logging():
+            # Samples are prepared in this process when --workers is 0.
+            with self._signals(), self._logging(), limit_blas_threads(torch.get_num_threads()):
                 self._prepare()
                 return self._train_stages()
         finally:
