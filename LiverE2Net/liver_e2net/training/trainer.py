@@ -335,7 +335,7 @@ class Trainer:
         autocast = self._autocast()
         with torch.autocast(self.device.type, dtype=autocast) if autocast else nullcontext():
             output = model(image)
-            if stage == 2 and self.teacher is not None:
+            if self.teacher is not None:  # stage 2 with --liver-distillation
                 with torch.no_grad():
                     teacher_output = self.teacher(image)
         if stage == 1:
