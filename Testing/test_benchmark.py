@@ -23,6 +23,9 @@ def test_benchmark_times_the_given_model_with_a_median_and_end_to_end(tmp_path, 
     assert 0 < row["seconds"]["stage1"] <= row["seconds"]["total"]
     assert row["end_to_end_s"] > row["seconds"]["total"]  # start-up, reading and writing come on top
     assert main(["benchmark", str(ct), "--model", str(model), "--repeats", "0"]) == 2
+    (tmp_path / "taken").write_text("a file where the JSON's folder should be")
+    assert main(["benchmark", str(ct), "--model", str(model), "--json", str(tmp_path / "taken" / "b.json")]) == 2
+    assert "is not a writable folder" in capsys.readouterr().err  # refused before any timing
 
 
 def test_benchmark_defaults_to_the_bundled_model(tmp_path, model, monkeypatch) -> None:

@@ -85,3 +85,22 @@ def test_trial_tumors_keep_sharp_margins_whatever_the_generator_now_draws_by_def
         for seed in range(8)
     ]
     assert margins == [0.0] * 8
+
+
+def test_an_unwritable_output_is_refused_before_any_trial(tmp_path, capsys) -> None:
+    ct, label = _case02()
+    sitk.WriteImage(ct[:, :, 4:8], str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(label[:, :, 4:8], str(tmp_path / "label.nii.gz"))
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the output folder should be")
+    code = main(
+        ["robustness", str(tmp_path / "ct.nii.gz"), str(tmp_path / "label.nii.gz"), "--model", "x.pt",
+         "--threads", "0", "-o", str(blocker / "rob")]  # fmt: skip
+    )
+    assert code == 2 and "--threads 0" in capsys.readouterr().err
+    code = main(
+        ["robustness", str(tmp_path / "ct.nii.gz"), str(tmp_path / "label.nii.gz"), "--model", "x.pt",
+         "-o", str(blocker / "rob")]  # fmt: skip
+    )
+    assert code == 2 and "is not a writable folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "label.nii.gz", "taken"]

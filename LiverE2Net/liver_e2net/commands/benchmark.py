@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..config import CONFIGS
 from ..errors import UserInputError
+from ..outputs import OutputSet, check_numbers, check_writable
 
 
 def register(subparsers) -> None:
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.repeats < 1:
         raise UserInputError(f"--repeats {args.repeats}: must be >= 1 (3 or more for a median worth quoting)")
+    check_numbers(args.threads)
+    check_writable([args.json])  # before minutes of timing, not after
     targets = _targets(args)
     rows = []
     for target in targets:
@@ -94,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     print_table(path, rows, args.repeats)
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+        with OutputSet([Path(args.json)]) as outputs:
+            outputs.write(Path(args.json), lambda temporary: temporary.write_text(json.dumps(rows, indent=2)), "json")
+            outputs.commit()
     return 0
 
 

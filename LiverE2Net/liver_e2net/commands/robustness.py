@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from ..extras import require
+from ..outputs import OutputSet, check_numbers, check_writable
 from ..progress import add_progress_argument
 
 
@@ -21,6 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[5.0, 10.0, 20.0, 40.0], metavar="MM")
     parser.add_argument("--seeds", type=int, default=3, help="trials (random placements) per size")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the cores not busy with other processes)")
     parser.add_argument("-o", "--output", metavar="PREFIX", help="write PREFIX.json and PREFIX.png (plot)")
     add_progress_argument(parser)
     parser.set_defaults(func=run)
@@ -35,25 +37,27 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or min(args.sizes) <= 0:
         raise UserInputError("--seeds must be >= 1 and every --sizes value > 0 mm")
+    check_numbers(args.threads)
+    if args.output:  # before minutes of segmentation, not after
+        check_writable([f"{args.output}.json", f"{args.output}.png"])
     ct = read_ct(args.ct)
     label_image = read_image(args.label)
     check_same_grid(label_image, Path(args.label), ct, Path(args.ct))
     label = label_array(label_image, Path(args.label))
     if not (label >= 1).any():
         raise UserInputError(f"{args.label} has no liver (label 1): synthetic tumors need a liver to go into")
-    segmenter = Segmenter(args.model, device=args.device)
+    segmenter = Segmenter(args.model, device=args.device, threads=args.threads)
     rows = robustness_table(
         segmenter, ct, label, args.sizes, list(range(args.seeds)), make_reporter(args.progress)
     )
     print(format_rows(rows))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.output}.json").write_text(
-            json.dumps(
-                {"ct": args.ct, "model": segmenter.checkpoint.describe(), "rows": as_dicts(rows)}, indent=2
-            )
-        )
-        plot(rows, Path(f"{args.output}.png"), segmenter.checkpoint.describe())
+    if args.output:  # both files or neither: a report without its plot (or a cut-short one) is never left
+        report, figure = Path(f"{args.output}.json"), Path(f"{args.output}.png")
+        document = {"ct": args.ct, "model": segmenter.checkpoint.describe(), "rows": as_dicts(rows)}
+        with OutputSet([report, figure]) as outputs:
+            outputs.write(report, lambda temporary: temporary.write_text(json.dumps(document, indent=2)), "json")
+            outputs.write(figure, lambda temporary: plot(rows, temporary, segmenter.checkpoint.describe()))
+            outputs.commit()
     return 0
 
 
@@ -73,5 +77,5 @@ def plot(rows, path: Path, title: str) -> None:
     axis.legend()
     axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(path)
+    figure.savefig(path, format="png")
     plt.close(figure)
