@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import resource
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -104,3 +108,24 @@ def test_an_unwritable_output_is_refused_before_any_trial(tmp_path, capsys) -> N
     )
     assert code == 2 and "is not a writable folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "label.nii.gz", "taken"]
+
+
+def test_a_report_that_cannot_be_written_leaves_no_file_and_exits_2(tmp_path) -> None:
+    """A file size limit makes the JSON write fail as a full disk does: neither file is left, no traceback."""
+    ct, label = _case02()
+    sitk.WriteImage(ct[:, :, 4:16], str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(label[:, :, 4:16], str(tmp_path / "label.nii.gz"))
+    model = save_checkpoint(biased_checkpoint(liver_bias=5.0, tumor_bias=-30.0), tmp_path / "m.pt")
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "liver_e2net", "robustness", str(tmp_path / "ct.nii.gz"), str(tmp_path / "label.nii.gz"),
+         "--model", str(model), "--sizes", "12", "--seeds", "1", "--device", "cpu", "--threads", "1",
+         "--progress", "none", "-o", str(out / "rob")],  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200)),  # the JSON takes ~480 bytes
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"cannot write {out / 'rob.json'}" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() or list(out.iterdir()) == []

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..extras import require
+from ..outputs import OutputSet
 from ..training.real_tumors import MIN_DONOR_ML, donors_from_case
 from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig, TumorRecord, insert_tumors
 
@@ -146,10 +147,10 @@ def _save_grid(path: Path, before: np.ndarray, after: np.ndarray, label: np.ndar
         row[2].contour(label[z][crop] >= 1, levels=[0.5], colors="lime", linewidths=0.8)
         row[2].contour(label[z][crop] == 2, levels=[0.5], colors="red", linewidths=0.8)
     fig.tight_layout()
-    try:
-        fig.savefig(path, dpi=100)
-    except OSError as error:
-        raise UserInputError(f"cannot write the preview to {path}: {error.strerror or error}") from None
+    try:  # all or nothing: a full disk leaves no cut-short PNG behind
+        with OutputSet([path]) as outputs:
+            outputs.write(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
+            outputs.commit()
     finally:
         plt.close(fig)
 
