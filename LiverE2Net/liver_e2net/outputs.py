@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +317,14 @@ class OutputSet:
         for folder in reversed(self.created):
             with suppress(OSError):
                 folder.rmdir()  # only if empty
+
+
+def write_all(files: dict[Path, tuple[Callable[[Path], object], str]]) -> None:
+    """Small files, {target: (write(temporary), check)}, written all or nothing through one OutputSet."""
+    with OutputSet(files) as outputs:
+        for target, (write, check) in files.items():
+            outputs.write(target, write, check)
+        outputs.commit()
 
 
 def _problem(path: Path, check: str) -> str:

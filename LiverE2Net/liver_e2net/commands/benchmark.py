@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import CONFIGS
 from ..errors import UserInputError
-from ..outputs import OutputSet, check_numbers, check_writable
+from ..outputs import check_numbers, check_writable, write_all
 
 
 def register(subparsers) -> None:
@@ -97,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     print_table(path, rows, args.repeats)
     if args.json:
-        with OutputSet([Path(args.json)]) as outputs:
-            outputs.write(Path(args.json), lambda temporary: temporary.write_text(json.dumps(rows, indent=2)), "json")
-            outputs.commit()
+        write_all({Path(args.json): (lambda temporary: temporary.write_text(json.dumps(rows, indent=2)), "json")})
     return 0
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import evaluation
 from ..errors import UserInputError
 from ..nifti_integrity import nifti_problem
-from ..outputs import OutputSet
+from ..outputs import write_all
 from .segment import add_fp_filter_argument
 
 log = logging.getLogger(__name__)
@@ -77,10 +77,10 @@ def refuse_damaged(cases: list[evaluation.CaseFiles]) -> None:
 def write_evaluation(result: evaluation.EvaluationResult, output: Path) -> None:
     """evaluation.csv and .json together, complete or not at all (never an empty table after a full disk)."""
     csv, report = output / "evaluation.csv", output / "evaluation.json"
-    with OutputSet([csv, report]) as outputs:
-        outputs.write(csv, lambda temporary: evaluation.write_csv(result, temporary))
-        outputs.write(report, lambda temporary: evaluation.write_json(result, temporary), "json")
-        outputs.commit()
+    write_all({
+        csv: (lambda temporary: evaluation.write_csv(result, temporary), "size"),
+        report: (lambda temporary: evaluation.write_json(result, temporary), "json"),
+    })  # fmt: skip
 
 
 def writable_folder(folder: Path) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import UserInputError
 from ..extras import require
-from ..outputs import OutputSet, check_numbers, check_writable
+from ..outputs import check_numbers, check_writable, write_all
 from ..progress import add_progress_argument
 
 
@@ -54,10 +54,10 @@ def run(args: argparse.Namespace) -> int:
     if args.output:  # both files or neither: a report without its plot (or a cut-short one) is never left
         report, figure = Path(f"{args.output}.json"), Path(f"{args.output}.png")
         document = {"ct": args.ct, "model": segmenter.checkpoint.describe(), "rows": as_dicts(rows)}
-        with OutputSet([report, figure]) as outputs:
-            outputs.write(report, lambda temporary: temporary.write_text(json.dumps(document, indent=2)), "json")
-            outputs.write(figure, lambda temporary: plot(rows, temporary, segmenter.checkpoint.describe()))
-            outputs.commit()
+        write_all({
+            report: (lambda temporary: temporary.write_text(json.dumps(document, indent=2)), "json"),
+            figure: (lambda temporary: plot(rows, temporary, segmenter.checkpoint.describe()), "size"),
+        })  # fmt: skip
     return 0
 
 

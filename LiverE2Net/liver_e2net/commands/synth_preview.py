@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..extras import require
-from ..outputs import OutputSet
+from ..outputs import write_all
 from ..training.real_tumors import MIN_DONOR_ML, donors_from_case
 from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig, TumorRecord, insert_tumors
 
@@ -148,9 +148,7 @@ def _save_grid(path: Path, before: np.ndarray, after: np.ndarray, label: np.ndar
         row[2].contour(label[z][crop] == 2, levels=[0.5], colors="red", linewidths=0.8)
     fig.tight_layout()
     try:  # all or nothing: a full disk leaves no cut-short PNG behind
-        with OutputSet([path]) as outputs:
-            outputs.write(path, lambda temporary: fig.savefig(temporary, dpi=100, format="png"))
-            outputs.commit()
+        write_all({path: (lambda temporary: fig.savefig(temporary, dpi=100, format="png"), "size")})
     finally:
         plt.close(fig)
 
