@@ -44,6 +44,8 @@ def test_segment_writes_seg_nrrd_stl_report_and_jsonl_progress(tmp_path, model, 
         str(tmp_path / "p.nrrd"),
         "--progress",
         "jsonl",
+        "--precision",
+        "fp32",
     ]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
@@ -60,6 +62,7 @@ def test_segment_writes_seg_nrrd_stl_report_and_jsonl_progress(tmp_path, model, 
     report = json.loads((tmp_path / "r.json").read_text())
     liver_voxels = int((sitk.GetArrayFromImage(label) >= 1).sum())
     assert report["liver_ml"] == pytest.approx(liver_voxels * np.prod(ct.GetSpacing()) / 1000, rel=1e-3)
+    assert report["precision"] == "float32"  # as asked, whatever this CPU's auto would be
     assert sitk.ReadImage(str(tmp_path / "p.nrrd")).GetNumberOfComponentsPerPixel() == 2
     stl = tmp_path / "stl" / "Liver_LPS.stl"
     assert stl.exists() and stl.stat().st_size > 1000

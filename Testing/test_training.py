@@ -439,14 +439,15 @@ def test_a_state_from_another_torch_version_is_refused_with_the_way_on(real_run,
     assert read_state(run)["torch_version"] == str(torch.__version__)
 
 
-def test_precision_auto_trains_in_bf16_on_amx_cpus_only(tmp_path, monkeypatch):
-    """bf16 autocast only where AMX makes it fast; --precision fp32 keeps full precision on any CPU."""
+def test_precision_auto_trains_in_bf16_on_native_bf16_cpus_only(tmp_path, monkeypatch):
+    """bf16 autocast only where AMX (or AVX512-BF16) makes it fast; --precision fp32 keeps full precision."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bitwise-reproducible CPU kernels
     cases = [phantom("a"), phantom("b", 1)]
 
     def stage1_weights(name: str, precision: str, amx: bool) -> dict:
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
         config = dataclasses.replace(QUICK, stages=(1,), precision=precision)
         run = Trainer(cases, tmp_path / name, config, model_config=TINY, device="cpu", cache=tmp_path / "c").run()
         assert run.exit_code == 0

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from .config import PRECISIONS
 from .errors import UserInputError
 
 
@@ -68,13 +69,31 @@ def limit_blas_threads(threads: int):
     return threadpool_limits(threads, user_api="blas")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """fp16 on CUDA; bf16 only on CPUs with AMX tiles (elsewhere bf16 is many times slower); else fp32."""
+def cpu_has_native_bf16() -> bool:
+    """AMX tiles or AVX512-BF16 (Intel Cooper Lake and Sapphire Rapids on, AMD Zen 4 on). There bf16 convolutions
+    run 1.5-2.2x faster than fp32 (2-vCPU Zen 4, 2026-12-04: lite 1.45x, paper 2.2x); without them oneDNN emulates
+    bf16 and it is 7-120x slower (../shared/design/PERFORMANCE.md)."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device` (None: fp32). auto: fp16 on CUDA, bf16 on CPUs with native
+    bf16 (cpu_has_native_bf16), else fp32; fp32: full precision, the same result on every CPU."""
+    if precision not in PRECISIONS:
+        raise UserInputError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
     if device.type == "cuda":
         return torch.float16
-    if device.type == "cpu" and getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+    if device.type == "cpu" and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """'float32' for no autocast, else the autocast dtype's name: what reports and tables print."""
+    return str(dtype or torch.float32).replace("torch.", "")
 
 
 def cuda_status() -> tuple[bool, str]:

@@ -501,6 +501,7 @@ def report_fields(
         "model": model or model_summary(segmenter.checkpoint),
         "device": str(segmenter.device),
         "threads": segmenter.threads,
+        "precision": segmenter.precision,
         "tta": {"mode": tta, "scales": list(segmenter.tta.scales), "flip": segmenter.tta.flip},
         "seconds": {k: round(v, 3) for k, v in result.seconds.items()},
         **case_report(result.label, ct),

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from .checkpoint import Checkpoint, default_model_path, load_checkpoint
 from .config import ModelConfig, PreprocessingConfig
-from .devices import autocast_dtype, configure_threads, resolve_device
+from .devices import autocast_dtype, configure_threads, dtype_name, resolve_device
 from .errors import UserInputError
 from .fp_filter import apply_filter, choose_filter
 from .io import Volume
@@ -128,6 +128,7 @@ class Segmenter:
         stage2_batch: int = 8,
         tta: TestTimeAugmentation = TestTimeAugmentation(),
         fp_filter: str = "auto",
+        precision: str = "auto",
     ):
         if checkpoint is None:
             checkpoint = default_model_path()
@@ -148,7 +149,8 @@ class Segmenter:
         self.stage1, self.stage2 = (
             to_channels_last(fuse_batchnorm(n)) for n in self.checkpoint.build(self.device)
         )
-        self.autocast = autocast_dtype(self.device)
+        self.autocast = autocast_dtype(self.device, precision)
+        self.precision = dtype_name(self.autocast)  # what ran: float32, bfloat16 or float16
         self.stage1_batch, self.stage2_batch = stage1_batch, stage2_batch
         self.tta = tta.for_model(self.config)
         self.tta_warnings = [w for w in (flip_warning(self.checkpoint) if tta.flip else None,

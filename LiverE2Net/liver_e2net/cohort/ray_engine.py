@@ -28,7 +28,11 @@ class CaseWorker:
         from ..pipeline import Segmenter
 
         self.segmenter = Segmenter(
-            checkpoint, device=device, threads=threads, tta=options.test_time_augmentation()
+            checkpoint,
+            device=device,
+            threads=threads,
+            tta=options.test_time_augmentation(),
+            precision=options.precision,
         )
         self.options, self.outdir, self.model = options, Path(outdir), model
         self.process = {

@@ -57,6 +57,7 @@ class BatchOptions:
     tta: str = "none"  # test-time augmentation mode of `segment --tta`
     tta_scales: tuple[float, ...] | None = None  # used by --tta multiscale; None: the model's own
     preview: bool = False  # the review PNG in the case folder
+    precision: str = "auto"  # segment --precision
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in LABEL_FILES]

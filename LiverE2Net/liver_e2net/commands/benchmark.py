@@ -21,6 +21,7 @@ from pathlib import Path
 from ..config import CONFIGS
 from ..errors import UserInputError
 from ..outputs import check_numbers, check_writable, write_all
+from .segment import add_precision_argument
 
 
 def register(subparsers) -> None:
@@ -37,6 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="time this checkpoint (default: every bundled model, the default first)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
+    add_precision_argument(parser)
     parser.add_argument(
         "--repeats", type=int, default=3, help="timed runs after one warm-up (median reported; default 3)"
     )
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             args.device,
             "--repeats",
             str(args.repeats),
+            "--precision",
+            args.precision,
         ]
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -119,7 +123,8 @@ def end_to_end_seconds(path: Path, model: str, args: argparse.Namespace) -> floa
     seconds = []
     with tempfile.TemporaryDirectory(prefix="liver-e2net-benchmark-") as folder:
         command = [sys.executable, "-m", "liver_e2net", "segment", str(path), "-o",
-                   str(Path(folder) / "label.nii.gz"), "--model", model, "--device", args.device]
+                   str(Path(folder) / "label.nii.gz"), "--model", model, "--device", args.device,
+                   "--precision", args.precision]
         if args.threads:
             command += ["--threads", str(args.threads)]
         for _ in range(args.repeats):
@@ -143,7 +148,7 @@ def time_one(path: Path, target: str, args: argparse.Namespace) -> dict:
     from ..pipeline import Segmenter
 
     checkpoint = random_checkpoint(get_config(target)) if target in CONFIGS else target
-    segmenter = Segmenter(checkpoint, device=args.device, threads=args.threads)
+    segmenter = Segmenter(checkpoint, device=args.device, threads=args.threads, precision=args.precision)
     ct = read_ct(path)
     segmenter.segment(ct[:, :, : min(8, ct.GetSize()[2])])  # warm-up: allocator, kernels, cuDNN autotune
     runs = []
@@ -164,7 +169,7 @@ def time_one(path: Path, target: str, args: argparse.Namespace) -> dict:
         "config": segmenter.config.name,
         "device": str(segmenter.device),
         "threads": segmenter.threads,
-        "precision": str(segmenter.autocast or torch.float32).replace("torch.", ""),
+        "precision": segmenter.precision,
         "ct": f"{size[0]}x{size[1]}x{size[2]}",
         "slices": size[2],
         "liver_slices_found": liver_slices,

@@ -20,7 +20,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import default_model_path, load_checkpoint
-    from ..devices import autocast_dtype, available_cores, cuda_status, resolve_device
+    from ..devices import autocast_dtype, available_cores, cuda_status, dtype_name, resolve_device
     from ..postprocessing import DEFAULT_MIN_LESION_ML
 
     device = resolve_device(args.device)
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         "torch": torch.__version__,
         "device": str(device),
         "threads": available_cores() if device.type == "cpu" else torch.get_num_threads(),
-        "precision": str(autocast_dtype(device) or torch.float32).replace("torch.", ""),
+        "precision": dtype_name(autocast_dtype(device)),
         "cuda": dict(zip(("available", "detail"), cuda_status())),
         "model": None,
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import PRECISIONS
 from ..fp_filter import FP_FILTER_MODES
 from ..io import read_ct
 from ..outputs import OutputSet, OutputTargets, check_numbers, check_space, report_fields, write_case_outputs
@@ -48,6 +49,7 @@ def add_segmenter_arguments(
     parser.add_argument(
         "--threads", type=int, help="CPU threads (default: the cores not busy with other processes)"
     )
+    add_precision_argument(parser)
     parser.add_argument("--no-tumors", dest="tumors", action="store_false", help="liver only")
     parser.add_argument(
         "--min-lesion-ml",
@@ -99,6 +101,16 @@ def add_segmenter_arguments(
     add_progress_argument(parser)
 
 
+def add_precision_argument(parser) -> None:
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16 (1.4-2x faster, labels within a "
+        "few voxels of fp32's), else fp32; fp32: the same result on every CPU",
+    )
+
+
 def check_segmenter_arguments(args: argparse.Namespace) -> None:
     check_numbers(args.threads, args.tta_scales or (), args.smoothing, args.min_lesion_ml)
 
@@ -114,7 +126,12 @@ def run(args: argparse.Namespace) -> int:
         progress("load", 0.0, "loading model")
         tta = TestTimeAugmentation.from_mode(args.tta, args.tta_scales)
         segmenter = Segmenter(
-            args.model, device=args.device, threads=args.threads, tta=tta, fp_filter=args.fp_filter
+            args.model,
+            device=args.device,
+            threads=args.threads,
+            tta=tta,
+            fp_filter=args.fp_filter,
+            precision=args.precision,
         )
         progress("load", 0.02, f"reading {args.input}")
         ct = read_ct(args.input)

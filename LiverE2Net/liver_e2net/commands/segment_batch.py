@@ -91,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         args.tta,
         tuple(args.tta_scales) if args.tta_scales else None,
         _case_output(args.preview, "--preview"),
+        args.precision,
     )
     # The model before the batch folder: a refused model (or --fp-filter on without a filter) writes nothing.
     checkpoint = _checkpoint(args.model, args.fp_filter)
@@ -129,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             device=rank_device(args.device, shard),
             threads=rank_threads(args.threads, shard),
             tta=options.test_time_augmentation(),
+            precision=options.precision,
         )
         with process_group(shard):
             work = plan(discovery.cases, outdir, options, model["fingerprint"])

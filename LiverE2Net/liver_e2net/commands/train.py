@@ -9,7 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import CONFIGS, CONTEXT_SLICES, STAGE1_NETS, STAGE1_VOXEL_MM
+from ..config import CONFIGS, CONTEXT_SLICES, PRECISIONS, STAGE1_NETS, STAGE1_VOXEL_MM
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
 from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig
@@ -175,8 +175,9 @@ def register(subparsers) -> None:
     runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
     runtime.add_argument(
         "--precision",
-        choices=["auto", "fp32"],
-        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX, else fp32; fp32: full precision everywhere",
+        choices=PRECISIONS,
+        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32; fp32: full "
+        "precision everywhere",
     )
     runtime.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
     runtime.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import _from_dict
+from ..config import PRECISIONS, _from_dict
 from ..errors import UserInputError
 from .synthetic_tumors import SyntheticTumorConfig
 from .targets import EDGE_TARGETS
@@ -45,7 +45,6 @@ class AugmentConfig:
     fov_probability: float = 0.0  # share of samples cut to a reconstruction circle with scanner padding
 
 
-PRECISIONS = ("auto", "fp32")
 
 # What `train` uses for a new run: every sample may look like another hospital's CT.
 ACQUISITION_AUGMENTATION = AugmentConfig(
@@ -105,8 +104,9 @@ class TrainConfig:
     bn_calibration_samples: int = 64  # un-augmented samples that recompute BatchNorm statistics per epoch
     # Edge-branch target (paper Table 3): "distance", the edge-distance map, or "plain", the binary edge.
     edge_target: str = "distance"
-    # "auto": fp16 autocast on CUDA, bf16 on CPUs with AMX tiles (1.4-2x faster steps measured on a Xeon with
-    # AMX), fp32 elsewhere; "fp32": full precision everywhere. A run resumed on another machine takes its precision.
+    # "auto": fp16 autocast on CUDA, bf16 on CPUs with native bf16 (devices.cpu_has_native_bf16; 1.4-2x faster
+    # steps measured on a Xeon with AMX), fp32 elsewhere; "fp32": full precision everywhere. A run resumed on
+    # another machine takes that machine's precision.
     precision: str = "auto"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..config import ModelConfig
-from ..devices import autocast_dtype, limit_blas_threads
+from ..devices import autocast_dtype, dtype_name, limit_blas_threads
 from ..errors import UserInputError
 from ..models import build_network, channels_last, to_channels_last
 from ..progress import Reporter, null_reporter
@@ -242,8 +242,9 @@ class Trainer:
         calibration = dataset.calibration()
         steps = config.steps_per_epoch or math.ceil(len(dataset) / (config.batch_size * self.dist.world_size))
         epoch, step, sums = saved.get("epoch", 0), saved.get("step", 0), saved.get("sums", {})
-        log.info("stage %d: %d training slices, %d steps of %d x %d samples per epoch, lr %g", stage,
-                 len(dataset), steps, config.batch_size, self.dist.world_size, schedule.lr)  # fmt: skip
+        log.info("stage %d: %d training slices, %d steps of %d x %d samples per epoch, lr %g, %s on %s", stage,
+                 len(dataset), steps, config.batch_size, self.dist.world_size, schedule.lr,
+                 dtype_name(self._autocast()), self.device)  # fmt: skip
 
         def save_position(epoch: int, step: int, sums: dict, converged: bool = False) -> None:
             self.weights[stage] = _cpu_state(network)
@@ -360,8 +361,8 @@ class Trainer:
         return loss.item(), {name: value.item() for name, value in parts.items()}
 
     def _autocast(self) -> torch.dtype | None:
-        """fp16 (with the GradScaler) on CUDA, bf16 on AMX CPUs (no scaler: bf16 has fp32's range)."""
-        return autocast_dtype(self.device) if self.config.precision == "auto" else None
+        """fp16 (with the GradScaler) on CUDA, bf16 on CPUs with native bf16 (no scaler: bf16 has fp32's range)."""
+        return autocast_dtype(self.device, self.config.precision)
 
     def _epoch_record(self, stage: int, epoch: int, steps: int, sums: dict[str, float], lr: float,
                       info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
