@@ -202,7 +202,7 @@ def test_progress_results_lesions_and_stl_export(panelWidget, sampleCt, mrmlScen
     segmentationNode = parameters.outputSegmentation
     assert segmentationNode.GetName() == "CT segmentation"
     assert ui.statusLabel.text() == "Done: 'CT segmentation' is ready for the Segment Editor."
-    assert ui.timeLabel.text().endswith("s on cpu (1 thread)")
+    assert ui.timeLabel.text().endswith("s on cpu, bfloat16 (1 thread)")
     report = json.loads(segmentationNode.GetAttribute("LiverE2Net.Report"))
     assert ui.liverVolumeLabel.text() == f"{report['liver_ml']:.1f} ml"
     assert ui.tumorBurdenLabel.text().endswith("in 2 lesions)") and ui.lesionTable.rowCount() == 2

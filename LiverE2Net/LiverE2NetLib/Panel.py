@@ -216,8 +216,9 @@ class SegmentationPanel(PanelBase):
             return
         seconds = report.get("seconds", {})
         threads = report.get("threads", "?")
+        precision = f", {report['precision']}" if "precision" in report else ""  # reports before 2026-12-04 lack it
         self.ui.timeLabel.setText(f"{seconds.get('wall', seconds.get('total', 0.0)):.1f} s on {report.get('device', '?')}"
-                                  f" ({threads} thread{'' if threads == 1 else 's'})")
+                                  f"{precision} ({threads} thread{'' if threads == 1 else 's'})")
         self.ui.liverVolumeLabel.setText(f"{report['liver_ml']:.1f} ml")
         self.ui.tumorBurdenLabel.setText(f"{report['tumor_burden_percent']:.2f} % ({report['tumor_ml']:.1f} ml in "
                                          f"{len(self._lesions)} lesion{'' if len(self._lesions) == 1 else 's'})")

@@ -10,7 +10,6 @@ from typing import Any, Literal
 from .errors import UserInputError
 
 LABELS = {"background": 0, "liver": 1, "tumor": 2}
-PRECISIONS = ("auto", "fp32")  # auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32
 CONTEXT_SLICES = (1, 3, 5)  # adjacent axial slices given to both networks as input channels
 
 

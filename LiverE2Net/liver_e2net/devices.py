@@ -6,8 +6,8 @@ import os
 
 import torch
 
-from .config import PRECISIONS
 from .errors import UserInputError
+from .protocol import PRECISIONS
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -40,6 +40,7 @@ OUTPUT_FORMATS = tuple(LABEL_FILES)
 TTA_MODES = ("none", "flip", "multiscale", "flip+multiscale")
 DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 FP_FILTER_MODES = ("auto", "on", "off")
+PRECISIONS = ("auto", "fp32")  # auto: fp16 on CUDA, bf16 on CPUs with native bf16 (devices.py), else fp32
 PROGRESS_MODES = ("auto", "bar", "jsonl", "none")
 
 # -- the progress record: one JSON object per stdout line under --progress jsonl -----------------------------------

@@ -55,7 +55,7 @@ def segment(args, warnings=()):
         image.CopyInformation(ct)
         sitk.WriteImage(image, args.probabilities)
     report = {"input": args.input, "output": args.output, "model": {"path": args.model, "name": "fake"},
-              "device": "cpu", "threads": 1, "seconds": {"total": 0.3}, **case_report(label, ct), "warnings": list(warnings)}
+              "device": "cpu", "precision": "bfloat16", "threads": 1, "seconds": {"total": 0.3}, **case_report(label, ct), "warnings": list(warnings)}
     with open(args.report, "w", encoding="utf-8") as stream:
         json.dump(report, stream)
     emit("done", 1.0, "fake segmentation written")

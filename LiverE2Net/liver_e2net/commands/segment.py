@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import PRECISIONS
 from ..fp_filter import FP_FILTER_MODES
 from ..io import read_ct
 from ..outputs import OutputSet, OutputTargets, check_numbers, check_space, report_fields, write_case_outputs
 from ..outputs import check_writable as check_writable
 from ..pipeline import TTA_MODES
 from ..progress import add_progress_argument, make_reporter
+from ..protocol import PRECISIONS
 
 log = logging.getLogger("liver_e2net")
 OUTPUT_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")

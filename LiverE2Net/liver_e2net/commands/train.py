@@ -9,9 +9,10 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..config import CONFIGS, CONTEXT_SLICES, PRECISIONS, STAGE1_NETS, STAGE1_VOXEL_MM
+from ..config import CONFIGS, CONTEXT_SLICES, STAGE1_NETS, STAGE1_VOXEL_MM
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
+from ..protocol import PRECISIONS
 from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig
 from . import add_data_arguments
 

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import PRECISIONS, _from_dict
+from ..config import _from_dict
 from ..errors import UserInputError
+from ..protocol import PRECISIONS
 from .synthetic_tumors import SyntheticTumorConfig
 from .targets import EDGE_TARGETS
 from .validation_tumors import VALIDATION_TUMORS
