@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from liver_e2net.surfaces import export_segment_surfaces
+from liver_e2net.surfaces import segment_meshes, write_stl
 
 vtk = pytest.importorskip("vtk")
 openEdgeCount = pytest.importorskip("LiverE2NetLib.Surfaces").openEdgeCount  # the check the module's self-test uses
@@ -33,7 +33,8 @@ def test_sphere_surface_is_closed_outward_and_in_mm(tmp_path, direction) -> None
     reference.SetSpacing(spacing)
     reference.SetOrigin((10.0, -5.0, 3.0))
     reference.SetDirection(direction)
-    paths = export_segment_surfaces(label, reference, tmp_path, smoothing_mm=1.0)
+    paths = [write_stl(tmp_path / name, vertices, faces, title)
+             for name, title, vertices, faces in segment_meshes(label, reference, smoothing_mm=1.0)]
     assert [p.name for p in paths] == ["Liver_LPS.stl"]  # the 1-voxel 'tumor' is a speck: no surface
     mesh = _read(paths[0])
     assert openEdgeCount(paths[0]) == 0

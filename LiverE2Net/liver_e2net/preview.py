@@ -14,20 +14,12 @@ import SimpleITK as sitk
 from skimage import measure
 
 from .extras import require
-from .io import atomic_output
 from .postprocessing import mask_bounds
 from .preprocessing import to_network_frame
 
 WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window for display
 COLOURS = {1: "#d9a066", 2: "#39b54a"}  # liver (Slicer's liver colour family), tumor
 SURFACE_MM = 3.0  # the 3D view is drawn from a label resampled to this voxel size: a light figure
-
-
-def write_preview(ct: sitk.Image, label: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """`draw_preview` written atomically: a PNG appears complete or not at all."""
-    with atomic_output(path, ".png") as temporary:
-        draw_preview(ct, label, temporary, title)
-    return Path(path)
 
 
 def draw_preview(ct: sitk.Image, label: np.ndarray, path: str | Path, title: str = "") -> None:

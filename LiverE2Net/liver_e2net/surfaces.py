@@ -67,16 +67,6 @@ def write_stl(path: str | Path, vertices: np.ndarray, faces: np.ndarray, name: s
     return Path(path)
 
 
-def export_segment_surfaces(
-    label: np.ndarray, reference: sitk.Image, folder: str | Path, smoothing_mm: float = 1.0
-) -> list[Path]:
-    """One `<Segment name>_LPS.stl` per non-empty segment (the liver surface includes its tumors)."""
-    return [
-        write_stl(Path(folder) / name, vertices, faces, title)
-        for name, title, vertices, faces in segment_meshes(label, reference, smoothing_mm)
-    ]
-
-
 def segment_meshes(
     label: np.ndarray, reference: sitk.Image, smoothing_mm: float = 1.0
 ) -> Iterator[tuple[str, str, np.ndarray, np.ndarray]]:
