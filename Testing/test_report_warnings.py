@@ -32,7 +32,7 @@ def test_report_lists_input_warnings_then_segmentation_warnings_once(ct) -> None
     image = with_input_warnings(sitk.Image(ct), ["left out 1 localizer image(s)", "no liver"])
     result = SegmentationResult(np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8), None)
     result.warnings = ["no liver", "flip TTA"]
-    segmenter = SimpleNamespace(device="cpu", threads=1, tta=TestTimeAugmentation())
+    segmenter = SimpleNamespace(device="cpu", threads=1, precision="float32", tta=TestTimeAugmentation())
     report = report_fields("ct.nii.gz", segmenter, result, image, "none", model={"name": "m"})
     assert report["warnings"] == ["left out 1 localizer image(s)", "no liver", "flip TTA"]
 
