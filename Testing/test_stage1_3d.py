@@ -28,7 +28,9 @@ from test_training import QUICK, TINY, phantom
 
 TINY_3D = with_stage1_net(TINY, "3d")
 DEEP = dict(shape=(20, 64, 64), spacing=(2.0, 2.0, 3.0))  # 60 mm deep: a 3D stage 1 trains on it
-QUICK_3D = dataclasses.replace(QUICK, stages=(1,), stage1_volume_crop_mm=(64.0, 64.0, 64.0))
+# fp32: in bf16 this tiny net's 2x2x2 bottleneck overflows in some runs (the trainer then refuses it, see
+# test_training); these tests are about the 3D stage 1, not about bf16.
+QUICK_3D = dataclasses.replace(QUICK, stages=(1,), stage1_volume_crop_mm=(64.0, 64.0, 64.0), precision="fp32")
 
 
 def test_downsampling_averages_the_voxels_each_output_voxel_covers():

@@ -190,6 +190,14 @@ def test_unwritable_output_and_missing_run_are_refused(tmp_path):
         Trainer(None, tmp_path / "empty", resume=True, device="cpu").run()
 
 
+def test_weights_that_overflow_under_a_finite_loss_are_never_saved(tmp_path):
+    # One step at an absurd rate: the loss of that step is finite, the BatchNorm statistics after it are not.
+    diverging = dataclasses.replace(QUICK, lr=1e20, steps_per_epoch=1, precision="fp32")
+    with pytest.raises(UserInputError, match=r"diverged in stage 1, epoch 1: .*running_var.* lower --lr"):
+        Trainer([phantom("a"), phantom("b", 1)], tmp_path / "run", diverging, model_config=TINY, device="cpu").run()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["train.log"]
+
+
 def test_seg_nrrd_segments_are_mapped_by_name(tmp_path, caplog):
     case = phantom("x")
     ct = sitk.GetImageFromArray(case.ct)

@@ -281,6 +281,7 @@ class Trainer:
                     mine.copy_(raw)
             self._calibrate_batchnorm(evaluated, calibration, epoch)
             self.dist.average_buffers(evaluated)
+            self._refuse_non_finite(stage, epoch, evaluated)
             result = validate(stage, evaluated, self.validation, self.model_config, config.batch_size,
                               self.device, self._autocast(), self.dist, config.edge_target,
                               config.tumor_pos_weight)  # fmt: skip
@@ -359,6 +360,18 @@ class Trainer:
         scaler.step(optimizer)
         scaler.update()
         return loss.item(), {name: value.item() for name, value in parts.items()}
+
+    def _refuse_non_finite(self, stage: int, epoch: int, network: torch.nn.Module) -> None:
+        """A finite loss does not prove finite weights: activations that overflow leave BatchNorm statistics at inf
+        while the loss stays finite (a tiny 3D net in bf16 did). Such weights are never saved."""
+        broken = non_finite_entries(network.state_dict())
+        if broken:
+            hint = " or train with --precision fp32" if self._autocast() is not None else ""
+            raise UserInputError(
+                f"training diverged in stage {stage}, epoch {epoch + 1}: {', '.join(broken[:3])}"
+                f"{' and more' if len(broken) > 3 else ''} became inf or NaN, so this epoch was not saved; "
+                f"start a new run with a lower --lr{hint}"
+            )
 
     def _autocast(self) -> torch.dtype | None:
         """fp16 (with the GradScaler) on CUDA, bf16 on CPUs with native bf16 (no scaler: bf16 has fp32's range)."""
@@ -488,6 +501,11 @@ def _weight_average(network: torch.nn.Module, decay: float) -> AveragedModel | N
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def non_finite_entries(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the float tensors of a state dict that hold inf or NaN."""
+    return [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
 
 
 def _cpu_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
