@@ -230,6 +230,16 @@ def test_progress_results_lesions_and_stl_export(panelWidget, sampleCt, mrmlScen
     assert ui.statusLabel.styleSheet() == "color: #c62828"
 
 
+def test_the_panel_labels_only_stages_of_the_protocol_and_the_protocol_refuses_others(qtApplication):
+    from liver_e2net.protocol import STAGES, progress_record
+    from LiverE2NetLib.Panel import STAGE_LABELS
+
+    assert set(STAGE_LABELS) <= set(STAGES)
+    assert progress_record("stage2", 0.5, "slice 3/9")["stage"] == "stage2"
+    with pytest.raises(ValueError, match="'stage3' is not in protocol.STAGES"):
+        progress_record("stage3", 0.5)
+
+
 def test_cancel_kills_the_child_and_leaves_the_scene_as_it_was(panelWidget, sampleCt, mrmlScene, monkeypatch,
                                                                tmp_path):
     from LiverE2NetLib.Segments import SegmentationError

@@ -36,27 +36,29 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")  # CT fi
 OUTPUT_SUFFIXES = (".seg.nrrd",)  # segmentations, never CTs: left out of folder walks
 
 # -- choices of the commands' options ------------------------------------------------------------------------------
-OUTPUT_FORMATS = tuple(LABEL_FILES)
 TTA_MODES = ("none", "flip", "multiscale", "flip+multiscale")
-DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 FP_FILTER_MODES = ("auto", "on", "off")
 PRECISIONS = ("auto", "fp32")  # auto: fp16 on CUDA, bf16 on CPUs with native bf16 (devices.py), else fp32
 PROGRESS_MODES = ("auto", "bar", "jsonl", "none")
 
 # -- the progress record: one JSON object per stdout line under --progress jsonl -----------------------------------
-PROGRESS_FIELDS = ("stage", "fraction", "index", "total", "message")  # index/total: the case (1-based) of a batch
+# {"stage", "fraction" (0-1 over the whole run), "message", then extra fields: index/total (a batch's case, 1-based),
+# case, status, epoch, loss, ...}. `stage` is one of STAGES: progress_record refuses any other.
 STAGE_LOAD, STAGE_READ, STAGE_WRITE = "load", "read", "write"
 STAGE_COARSE, STAGE_FINE, STAGE_POSTPROCESS = "stage1", "stage2", "postprocess"  # also the training stages
 STAGE_CASE = "case"  # a batch's case finished: index/total, case, status
 STAGE_CANDIDATES, STAGE_ROBUSTNESS = "candidates", "robustness"
 STAGE_DONE, STAGE_ERROR = "done", "error"  # the last line of a run; an error line carries the user's message
+STAGE_CHECK = "check"  # check-data: one line per pair and per unpaired file (PAIR_KEYS / UNPAIRED_KEYS below)
 STAGES = (STAGE_LOAD, STAGE_READ, STAGE_COARSE, STAGE_FINE, STAGE_POSTPROCESS, STAGE_WRITE, STAGE_CASE,
-          STAGE_CANDIDATES, STAGE_ROBUSTNESS, STAGE_DONE, STAGE_ERROR)  # fmt: skip
+          STAGE_CANDIDATES, STAGE_ROBUSTNESS, STAGE_CHECK, STAGE_DONE, STAGE_ERROR)  # fmt: skip
 
 
 def progress_record(stage: str, fraction: float, message: str = "", **extra: Any) -> dict[str, Any]:
     """One progress line's object: `fraction` in [0, 1] over the whole run, extra fields (index, total, case,
-    status, epoch, loss, ...) after the fixed ones."""
+    status, epoch, loss, ...) after the fixed ones. A stage the panels do not know is a bug of the sender."""
+    if stage not in STAGES:
+        raise ValueError(f"progress stage {stage!r} is not in protocol.STAGES")
     return {"stage": stage, "fraction": round(float(fraction), 4), "message": message, **extra}
 
 
@@ -144,7 +146,6 @@ TRAINING_PAIRS = "pairs.json"  # the training panel's export: a JSON list `train
 # says why a pair is left out; `warning` is a note on a usable one.
 PAIR_KEYS = ("name", "image", "label", "slices", "tumor", "problem", "warning")
 UNPAIRED_KEYS = ("name", "file", "problem")
-STAGE_CHECK = "check"
 # An entry of a JSON list for `train --data` needs "image" and "label" ("name" optional; relative paths start at the
 # list's folder); other keys are ignored, such as the panel's "pair", "from", "slices", "tumor", "liverSegments",
 # "tumorSegments" in TRAINING_PAIRS.
