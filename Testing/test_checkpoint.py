@@ -33,6 +33,20 @@ def test_half_precision_storage_loads_as_float32(tmp_path: Path) -> None:
     assert torch.allclose(weight, original.stage1["head.conv.weight"], atol=1e-3)
 
 
+def test_weights_that_are_or_would_become_inf_are_never_written(tmp_path: Path) -> None:
+    checkpoint = random_checkpoint(lite_config())
+    name = next(k for k in checkpoint.stage2 if k.endswith("running_var"))
+    checkpoint.stage2[name][0] = 1e6  # finite in fp32, inf in fp16
+    save_checkpoint(checkpoint, tmp_path / "full.pt")
+    assert load_checkpoint(tmp_path / "full.pt").stage2[name][0] == 1e6
+    with pytest.raises(UserInputError, match=f"stage 2 weights {name} reach 1e\\+06, beyond fp16.*--full-precision"):
+        save_checkpoint(checkpoint, tmp_path / "half.pt", half=True)
+    next(v for v in checkpoint.stage1.values() if v.is_floating_point()).fill_(float("nan"))
+    with pytest.raises(UserInputError, match="stage 1 weights .* hold inf or NaN"):
+        save_checkpoint(checkpoint, tmp_path / "nan.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.pt"]
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="not found"):
         load_checkpoint(tmp_path / "nope.pt")

@@ -90,22 +90,41 @@ def describe_held_out(row: dict[str, Any]) -> str:
     )
 
 
+def non_finite_entries(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the float tensors of a state dict that hold inf or NaN."""
+    return [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+
+
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path, half: bool = False) -> Path:
-    """Atomic write (temp file + rename). `half` stores float weights as fp16 (for the bundled model)."""
+    """Atomic write (temp file + rename). `half` stores float weights as fp16 (for the bundled model). Weights
+    that are, or would become in fp16, inf or NaN are refused before anything is written: such a model would draw
+    an empty or garbled liver without any error."""
     path = Path(path)
 
-    def pack(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {
-            k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous()
-            for k, v in state.items()
-        }
+    def pack(stage: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        broken = non_finite_entries(state)
+        if broken:
+            raise UserInputError(
+                f"{stage} weights {', '.join(broken[:3])} hold inf or NaN (the training run diverged); "
+                f"nothing written to {path}"
+            )
+        packed = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).cpu().contiguous()
+                  for k, v in state.items()}  # fmt: skip
+        overflow = non_finite_entries(packed)
+        if overflow:
+            largest = max(float(state[k].detach().abs().max()) for k in overflow)
+            raise UserInputError(
+                f"{stage} weights {', '.join(overflow[:3])} reach {largest:g}, beyond fp16's 65504; export with "
+                f"--full-precision; nothing written to {path}"
+            )
+        return packed
 
     payload = {
         "format_version": FORMAT_VERSION,
         "config": checkpoint.config.to_dict(),
         "labels": dict(checkpoint.labels),
-        "stage1": pack(checkpoint.stage1),
-        "stage2": pack(checkpoint.stage2),
+        "stage1": pack("stage 1", checkpoint.stage1),
+        "stage2": pack("stage 2", checkpoint.stage2),
         "metadata": checkpoint.metadata,
     }
     if checkpoint.fp_filter is not None:

@@ -24,7 +24,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import Checkpoint, load_checkpoint, non_finite_entries, save_checkpoint
 from ..config import ModelConfig
 from ..devices import autocast_dtype, dtype_name, limit_blas_threads
 from ..errors import UserInputError
@@ -501,11 +501,6 @@ def _weight_average(network: torch.nn.Module, decay: float) -> AveragedModel | N
 def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def non_finite_entries(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the float tensors of a state dict that hold inf or NaN."""
-    return [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
 
 
 def _cpu_state(network: torch.nn.Module) -> dict[str, torch.Tensor]:
