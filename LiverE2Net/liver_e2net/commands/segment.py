@@ -101,13 +101,14 @@ def add_segmenter_arguments(
     add_progress_argument(parser)
 
 
-def add_precision_argument(parser) -> None:
+def add_precision_argument(parser, default: str | None = "auto") -> None:
+    """--precision for every command that runs a network (train: default None, so a resumed run keeps its own)."""
     parser.add_argument(
         "--precision",
-        default="auto",
+        default=default,
         choices=PRECISIONS,
-        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16 (1.4-2x faster, labels within a "
-        "few voxels of fp32's), else fp32; fp32: the same result on every CPU",
+        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16 (1.4-2x faster), else fp32; "
+        "fp32: full precision, the same result on every CPU",
     )
 
 

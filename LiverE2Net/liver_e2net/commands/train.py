@@ -12,9 +12,9 @@ from pathlib import Path
 from ..config import CONFIGS, CONTEXT_SLICES, STAGE1_NETS, STAGE1_VOXEL_MM
 from ..errors import UserInputError
 from ..progress import add_progress_argument, make_reporter
-from ..protocol import PRECISIONS
 from ..training.synthetic_tumors import TUMOR_KINDS, SyntheticTumorConfig
 from . import add_data_arguments
+from .segment import add_precision_argument
 
 # Options that become TrainConfig fields (None = not given, so a resumed run can tell what was asked for).
 CONFIG_OPTIONS = (
@@ -174,12 +174,7 @@ def register(subparsers) -> None:
     )
     runtime = parser.add_argument_group("runtime")
     runtime.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
-    runtime.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        help="auto (default): fp16 on CUDA, bf16 on CPUs with AMX or AVX512-BF16, else fp32; fp32: full "
-        "precision everywhere",
-    )
+    add_precision_argument(runtime, default=None)
     runtime.add_argument("--threads", type=int, help="CPU threads per process (default: cores / processes)")
     runtime.add_argument("--workers", type=int, default=0, help="data-loader worker processes (default 0)")
     add_progress_argument(runtime)
